@@ -1,0 +1,37 @@
+# splitfc: make demo | make test | make lint | make protos | make bench-codecs
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint protos check-protos bench-codecs clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/splitfc demo
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check . || true
+
+# Regenerate splitfc/v1 from protos/ (the generated code is committed;
+# tests/test_protos.py proves it matches the .proto files).
+protos: $(STAMP)
+	$(BIN)/python -m splitfc.protogen splitfc/v1
+
+bench-codecs: $(STAMP)
+	$(BIN)/splitfc bench codecs --split dinov2-cls -o results/codecs.json
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Cloud side of splitfc: the gRPC inference service and its HTTP endpoints."""

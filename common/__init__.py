@@ -1,0 +1,1 @@
+"""Shared core of splitfc: split specs, pre-processing, bitstream, codecs, models, metrics."""

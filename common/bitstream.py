@@ -1,0 +1,234 @@
+"""The feature bitstream: build, parse, validate, and account for its rate.
+
+``encode_features``/``decode_features`` are the one path from a feature tensor
+to a `FeatureBitstream` message and back. ``.sfc`` files are ``SFC_MAGIC``
+followed by the serialized message. BPFP counts payload bits only; the header
+is reported separately (``header_bytes``).
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import asdict, dataclass
+from math import prod
+from pathlib import Path
+
+import numpy as np
+from google.protobuf.message import DecodeError
+
+from splitfc.common.codecs import CODECS, Codec, FrameInfo, get_codec
+from splitfc.common.errors import BitstreamError, SplitfcError
+from splitfc.common.specs import Packing, SplitSpec, get_split
+from splitfc.v1 import bitstream_pb2 as pb
+
+FORMAT_VERSION = 1
+SFC_MAGIC = b"SPLITFC\x01"
+
+_DTYPES: dict[str, int] = {
+    "float32": pb.DTYPE_FLOAT32,
+    "float16": pb.DTYPE_FLOAT16,
+    "bfloat16": pb.DTYPE_BFLOAT16,
+}
+_NUMPY_DTYPE: dict[int, np.dtype] = {
+    pb.DTYPE_FLOAT32: np.dtype(np.float32),
+    pb.DTYPE_FLOAT16: np.dtype(np.float16),
+    # numpy has no bfloat16: such tensors decode to float32.
+    pb.DTYPE_BFLOAT16: np.dtype(np.float32),
+}
+
+
+def bpfp(payload_bits: int, feature_points: int) -> float:
+    """Bits per feature point (paper Section 5.1): coded payload bits / feature points."""
+    if feature_points <= 0:
+        raise ValueError("feature_points must be positive")
+    return payload_bits / feature_points
+
+
+@dataclass(frozen=True)
+class BitstreamStats:
+    """Rate accounting of one bitstream. ``bpfp`` counts the payload only."""
+
+    split: str
+    codec: str
+    rate: int
+    shape: tuple[int, ...]
+    dtype: str
+    feature_points: int
+    payload_bits: int
+    header_bytes: int
+    total_bytes: int
+    bpfp: float
+    bpfp_with_header: float
+
+    def as_dict(self) -> dict[str, object]:
+        d = asdict(self)
+        d["shape"] = list(self.shape)
+        return d
+
+
+def bitstream_stats(msg: pb.FeatureBitstream) -> BitstreamStats:
+    """Rate accounting for a (validated) bitstream message."""
+    shape = tuple(int(s) for s in msg.tensors[0].shape)
+    points = prod(shape)
+    total = msg.ByteSize()
+    payload_bits = len(msg.payload) * 8
+    return BitstreamStats(
+        split=msg.split,
+        codec=msg.codec.codec,
+        rate=msg.codec.rate,
+        shape=shape,
+        dtype=pb.DType.Name(msg.tensors[0].dtype).removeprefix("DTYPE_").lower(),
+        feature_points=points,
+        payload_bits=payload_bits,
+        header_bytes=total - len(msg.payload),
+        total_bytes=total,
+        bpfp=bpfp(payload_bits, points),
+        bpfp_with_header=bpfp(total * 8, points),
+    )
+
+
+def _dtype_id(x: np.ndarray) -> int:
+    name = x.dtype.name
+    if name not in _DTYPES:
+        raise SplitfcError(f"features must be float32, float16 or bfloat16, got {name}")
+    return _DTYPES[name]
+
+
+def encode_features(
+    features: np.ndarray, split: str | SplitSpec, codec: str | Codec, rate: int, name: str = "features"
+) -> pb.FeatureBitstream:
+    """Code one feature tensor of a split into a `FeatureBitstream` message."""
+    spec = get_split(split) if isinstance(split, str) else split
+    codec_obj = get_codec(codec) if isinstance(codec, str) else codec
+    features = np.asarray(features)
+    dtype_id = _dtype_id(features)
+    spec.check_shape(features.shape)
+    if not np.all(np.isfinite(features)):
+        raise SplitfcError("features contain NaN or infinite values")
+    codec_obj.require_available()
+    encoded = codec_obj.encode(features, spec, rate)
+    msg = pb.FeatureBitstream(
+        format_version=FORMAT_VERSION,
+        split=spec.id,
+        codec=pb.CodecParams(codec=codec_obj.name, rate=rate, extra=encoded.extra),
+        tensors=[pb.TensorInfo(name=name, shape=list(features.shape), dtype=dtype_id)],
+        payload=encoded.payload,
+        payload_crc32=zlib.crc32(encoded.payload),
+    )
+    if encoded.frame is not None:
+        f = encoded.frame
+        msg.preprocessing.CopyFrom(
+            pb.Preprocessing(
+                ranges=[pb.Range(low=lo, high=hi) for lo, hi in f.ranges],
+                bit_depth=f.bit_depth,
+                packing=f.packing.value,
+                frame_height=f.frame_height,
+                frame_width=f.frame_width,
+            )
+        )
+    return msg
+
+
+def validate_bitstream(msg: pb.FeatureBitstream, max_elements: int | None = None) -> SplitSpec:
+    """Check a parsed message before any allocation or decoding; return its split spec.
+
+    Raises `BitstreamError` (or another `SplitfcError`) naming the first problem.
+    """
+    if msg.format_version != FORMAT_VERSION:
+        raise BitstreamError(
+            f"unsupported bitstream format version {msg.format_version} (this reader knows {FORMAT_VERSION})"
+        )
+    spec = get_split(msg.split)
+    if msg.codec.codec not in CODECS:
+        raise BitstreamError(f"unknown codec {msg.codec.codec!r}; valid codecs: {', '.join(CODECS)}")
+    if len(msg.tensors) != 1:
+        raise BitstreamError(f"bitstream must carry exactly one tensor, found {len(msg.tensors)}")
+    tensor = msg.tensors[0]
+    if tensor.dtype not in _NUMPY_DTYPE:
+        raise BitstreamError(f"unknown tensor dtype id {tensor.dtype}")
+    shape = tuple(int(s) for s in tensor.shape)
+    spec.check_shape(shape)
+    if max_elements is not None and prod(shape) > max_elements:
+        raise BitstreamError(
+            f"declared shape {shape} has {prod(shape)} elements, over the limit of {max_elements}"
+        )
+    if zlib.crc32(msg.payload) != msg.payload_crc32:
+        raise BitstreamError("payload CRC32 mismatch: the bitstream is corrupt")
+    codec_cls = CODECS[msg.codec.codec]
+    if codec_cls.truncation is not None:
+        if not msg.HasField("preprocessing"):
+            raise BitstreamError(f"codec {codec_cls.name} bitstream lacks pre-processing parameters")
+        pre = msg.preprocessing
+        if pre.packing != spec.packing.value:
+            raise BitstreamError(f"packing {pre.packing!r} does not match split {spec.id} ({spec.packing.value})")
+        from splitfc.common.preprocess import packed_shape
+
+        if (pre.frame_height, pre.frame_width) != packed_shape(shape, spec.packing):
+            raise BitstreamError(
+                f"frame {pre.frame_height}x{pre.frame_width} does not match shape {shape} packed "
+                f"({'x'.join(map(str, packed_shape(shape, spec.packing)))})"
+            )
+        groups = 1 if spec.group_axis is None else shape[spec.group_axis]
+        if len(pre.ranges) not in (1, groups) or any(not r.high > r.low for r in pre.ranges):
+            raise BitstreamError("invalid truncation ranges in the header")
+        if not 1 <= pre.bit_depth <= 16:
+            raise BitstreamError(f"invalid bit depth {pre.bit_depth}")
+    return spec
+
+
+def decode_features(msg: pb.FeatureBitstream, max_elements: int | None = None) -> np.ndarray:
+    """Validate and decode a `FeatureBitstream` back into a feature tensor."""
+    spec = validate_bitstream(msg, max_elements)
+    codec = get_codec(msg.codec.codec)
+    codec.require_available()
+    tensor = msg.tensors[0]
+    shape = tuple(int(s) for s in tensor.shape)
+    frame = None
+    if msg.HasField("preprocessing"):
+        pre = msg.preprocessing
+        frame = FrameInfo(
+            tuple((r.low, r.high) for r in pre.ranges), pre.bit_depth, Packing(pre.packing),
+            pre.frame_height, pre.frame_width,
+        )
+    try:
+        out = codec.decode(
+            msg.payload, spec, shape, _NUMPY_DTYPE[tensor.dtype], frame, msg.codec.rate, dict(msg.codec.extra)
+        )
+    except SplitfcError:
+        raise
+    except Exception as exc:  # a codec's internal failure on hostile input is a bitstream problem
+        raise BitstreamError(f"codec {codec.name} could not decode the payload: {exc}") from exc
+    if out.shape != shape:
+        raise BitstreamError(f"codec {codec.name} decoded shape {out.shape}, header says {shape}")
+    return out
+
+
+def parse_bitstream(data: bytes) -> pb.FeatureBitstream:
+    """Parse serialized `FeatureBitstream` bytes; errors are `BitstreamError`."""
+    msg = pb.FeatureBitstream()
+    try:
+        msg.ParseFromString(data)
+    except (DecodeError, ValueError) as exc:
+        raise BitstreamError(f"not a splitfc bitstream (protobuf parse failed: {exc})") from None
+    return msg
+
+
+def write_sfc(path: Path, msg: pb.FeatureBitstream) -> int:
+    """Write a ``.sfc`` file; return its size in bytes."""
+    data = SFC_MAGIC + msg.SerializeToString()
+    Path(path).write_bytes(data)
+    return len(data)
+
+
+def read_sfc(path: Path) -> pb.FeatureBitstream:
+    """Read and parse a ``.sfc`` file (not yet validated)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise SplitfcError(f"cannot read {path}: {exc.strerror}") from None
+    if not data.startswith(SFC_MAGIC):
+        raise BitstreamError(f"{path} is not a splitfc .sfc file (bad magic)")
+    msg = parse_bitstream(data[len(SFC_MAGIC):])
+    if not msg.tensors or not msg.split:
+        raise BitstreamError(f"{path} is truncated or empty (no header)")
+    return msg

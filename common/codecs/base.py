@@ -1,0 +1,124 @@
+"""The codec interface: one codec is one module with one `Codec` subclass.
+
+A codec turns a feature tensor of a split into payload bytes and back.
+Frame codecs (VVC, HEVC, learned image codecs) share the paper's
+pre-processing through `FrameCodec` and only implement ``encode_frame`` /
+``decode_frame`` on a packed ``bit_depth``-bit 2-D frame.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+
+from splitfc.common.errors import CodecUnavailableError
+from splitfc.common.preprocess import DEFAULT_BIT_DEPTH, FramePlan
+from splitfc.common.specs import Packing, Range, SplitSpec, TruncationColumn
+
+
+@dataclass(frozen=True)
+class FrameInfo:
+    """Pre-processing parameters that travel in the bitstream header."""
+
+    ranges: tuple[Range, ...]
+    bit_depth: int
+    packing: Packing
+    frame_height: int
+    frame_width: int
+
+
+@dataclass
+class Encoded:
+    """What a codec's ``encode`` returns: the payload and what decode needs back."""
+
+    payload: bytes
+    frame: FrameInfo | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class Codec(ABC):
+    """A feature codec. Subclasses set the class attributes and implement encode/decode."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    truncation: ClassVar[TruncationColumn | None] = None
+    """Which Table 4 column the codec's pre-processing uses; None for no pre-processing."""
+    rate_name: ClassVar[str] = "qp"
+    """What the integer rate knob means: 'qp', 'quality' or 'none'."""
+    rates: ClassVar[tuple[int, ...]] = ()
+    """The paper's rate points, lowest quality last for QPs."""
+    rate_bounds: ClassVar[tuple[int, int]] = (0, 63)
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        """None when the codec can run here, else one line saying what is missing."""
+        return None
+
+    @classmethod
+    def require_available(cls) -> None:
+        reason = cls.unavailable_reason()
+        if reason is not None:
+            raise CodecUnavailableError(f"codec {cls.name} is unavailable: {reason}")
+
+    def check_rate(self, rate: int) -> None:
+        lo, hi = self.rate_bounds
+        if not lo <= rate <= hi:
+            raise ValueError(f"codec {self.name} takes {self.rate_name} in [{lo}, {hi}], got {rate}")
+
+    @abstractmethod
+    def encode(self, features: np.ndarray, spec: SplitSpec, rate: int) -> Encoded:
+        """Code one feature tensor of ``spec`` at ``rate``."""
+
+    @abstractmethod
+    def decode(
+        self, payload: bytes, spec: SplitSpec, shape: tuple[int, ...], dtype: np.dtype,
+        frame: FrameInfo | None, rate: int, extra: dict[str, str],
+    ) -> np.ndarray:
+        """Reconstruct the tensor of ``shape`` and ``dtype`` from ``payload``."""
+
+
+class FrameCodec(Codec):
+    """A codec over the paper's packed, quantized 2-D frame."""
+
+    bit_depth: ClassVar[int] = DEFAULT_BIT_DEPTH
+
+    @abstractmethod
+    def encode_frame(self, frame: np.ndarray, rate: int) -> tuple[bytes, dict[str, str]]:
+        """Code a uint16 frame of ``bit_depth`` bits; return payload and extras."""
+
+    @abstractmethod
+    def decode_frame(
+        self, payload: bytes, height: int, width: int, rate: int, extra: dict[str, str]
+    ) -> np.ndarray:
+        """Decode a frame of exactly ``height`` x ``width`` (uint16)."""
+
+    def plan(self, spec: SplitSpec, shape: tuple[int, ...]) -> FramePlan:
+        assert self.truncation is not None
+        return FramePlan(spec, tuple(shape), spec.ranges(self.truncation), self.bit_depth)
+
+    def encode(self, features: np.ndarray, spec: SplitSpec, rate: int) -> Encoded:
+        self.check_rate(rate)
+        plan = self.plan(spec, features.shape)
+        frame = plan.to_frame(features)
+        payload, extra = self.encode_frame(frame, rate)
+        h, w = frame.shape
+        info = FrameInfo(plan.ranges, plan.bit_depth, spec.packing, h, w)
+        return Encoded(payload, info, extra)
+
+    def decode(
+        self, payload: bytes, spec: SplitSpec, shape: tuple[int, ...], dtype: np.dtype,
+        frame: FrameInfo | None, rate: int, extra: dict[str, str],
+    ) -> np.ndarray:
+        if frame is None:
+            raise ValueError(f"codec {self.name} needs pre-processing parameters in the header")
+        plan = FramePlan(spec, tuple(shape), frame.ranges, frame.bit_depth)
+        decoded = self.decode_frame(payload, frame.frame_height, frame.frame_width, rate, extra)
+        if decoded.shape != (frame.frame_height, frame.frame_width):
+            raise ValueError(
+                f"codec {self.name} decoded a {decoded.shape} frame, "
+                f"expected {(frame.frame_height, frame.frame_width)}"
+            )
+        return plan.from_frame(decoded).astype(dtype, copy=False)

@@ -1,0 +1,141 @@
+"""Pre- and post-processing of paper Section 6.1.1: truncate, quantize, pack.
+
+``pack_frame``/``unpack_frame`` turn a split's N-d tensor into one 2-D frame and
+back; ``quantize``/``dequantize`` map a truncation range onto ``2**bit_depth``
+uniform levels. Quantization rounds to the nearest level (the paper's code
+floors), so the reconstruction error inside the range is at most half a step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from splitfc.common.errors import ShapeError
+from splitfc.common.specs import Packing, Range, SplitSpec
+
+DEFAULT_BIT_DEPTH = 10
+
+
+def tile_grid(channels: int) -> tuple[int, int]:
+    """Rows x columns for tiling ``channels`` maps: the squarest factorisation, rows <= columns."""
+    rows = math.isqrt(channels)
+    while channels % rows:
+        rows -= 1
+    return rows, channels // rows
+
+
+def packed_shape(shape: Sequence[int], packing: Packing) -> tuple[int, int]:
+    """Size of the 2-D frame that ``pack_frame`` makes of a tensor of ``shape``."""
+    s = tuple(int(v) for v in shape)
+    if packing is Packing.AS_IS and len(s) == 2:
+        return s[0], s[1]
+    if packing is Packing.STACK_VIEWS and len(s) == 3:
+        return s[0] * s[1], s[2]
+    if packing is Packing.VIEWS_LAYERS and len(s) == 4:
+        return s[0] * s[2], s[1] * s[3]
+    if packing is Packing.TILE_CHANNELS and len(s) == 3:
+        rows, cols = tile_grid(s[0])
+        return rows * s[1], cols * s[2]
+    raise ShapeError(f"packing {packing.value} cannot take a tensor of shape {s}")
+
+
+def pack_frame(x: np.ndarray, packing: Packing) -> np.ndarray:
+    """Pack a feature tensor into one 2-D frame (a view where possible)."""
+    packed_shape(x.shape, packing)  # validates rank
+    if packing is Packing.AS_IS:
+        return x
+    if packing is Packing.STACK_VIEWS:
+        v, t, c = x.shape
+        return x.reshape(v * t, c)
+    if packing is Packing.VIEWS_LAYERS:
+        v, la, t, c = x.shape
+        return x.transpose(0, 2, 1, 3).reshape(v * t, la * c)
+    ch, h, w = x.shape
+    rows, cols = tile_grid(ch)
+    return x.reshape(rows, cols, h, w).transpose(0, 2, 1, 3).reshape(rows * h, cols * w)
+
+
+def unpack_frame(frame: np.ndarray, shape: Sequence[int], packing: Packing) -> np.ndarray:
+    """Inverse of `pack_frame`: the 2-D frame back into a tensor of ``shape``."""
+    shape = tuple(int(v) for v in shape)
+    expected = packed_shape(shape, packing)
+    if frame.shape != expected:
+        raise ShapeError(f"frame of shape {frame.shape} does not unpack to {shape} (needs {expected})")
+    if packing is Packing.AS_IS:
+        return frame
+    if packing is Packing.STACK_VIEWS:
+        return frame.reshape(shape)
+    if packing is Packing.VIEWS_LAYERS:
+        v, la, t, c = shape
+        return frame.reshape(v, t, la, c).transpose(0, 2, 1, 3)
+    ch, h, w = shape
+    rows, cols = tile_grid(ch)
+    return frame.reshape(rows, h, cols, w).transpose(0, 2, 1, 3).reshape(ch, h, w)
+
+
+def _broadcast_ranges(
+    ndim: int, ranges: Sequence[Range], group_axis: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    low = np.asarray([r[0] for r in ranges], dtype=np.float64)
+    high = np.asarray([r[1] for r in ranges], dtype=np.float64)
+    if np.any(high <= low):
+        raise ValueError(f"truncation ranges must have high > low, got {list(ranges)}")
+    if len(ranges) == 1:
+        return low[:1].reshape((1,) * ndim), high[:1].reshape((1,) * ndim)
+    if group_axis is None:
+        raise ValueError("several truncation ranges need a group axis")
+    shape = [1] * ndim
+    shape[group_axis] = len(ranges)
+    return low.reshape(shape), high.reshape(shape)
+
+
+def quantize(
+    x: np.ndarray, ranges: Sequence[Range], group_axis: int | None = None,
+    bit_depth: int = DEFAULT_BIT_DEPTH,
+) -> np.ndarray:
+    """Truncate ``x`` to its range(s) and quantize uniformly to ``bit_depth``-bit integers."""
+    low, high = _broadcast_ranges(x.ndim, ranges, group_axis)
+    if group_axis is not None and len(ranges) > 1 and x.shape[group_axis] != len(ranges):
+        raise ShapeError(f"{len(ranges)} ranges for {x.shape[group_axis]} groups on axis {group_axis}")
+    levels = (1 << bit_depth) - 1
+    clipped = np.clip(x.astype(np.float64, copy=False), low, high)
+    q = np.rint((clipped - low) * (levels / (high - low)))
+    return q.astype(np.uint16)
+
+
+def dequantize(
+    q: np.ndarray, ranges: Sequence[Range], group_axis: int | None = None,
+    bit_depth: int = DEFAULT_BIT_DEPTH,
+) -> np.ndarray:
+    """Map ``bit_depth``-bit integers back to float32 values inside the range(s)."""
+    low, high = _broadcast_ranges(q.ndim, ranges, group_axis)
+    levels = (1 << bit_depth) - 1
+    return (q.astype(np.float64) * ((high - low) / levels) + low).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class FramePlan:
+    """How one tensor becomes a quantized 2-D frame for a split and codec family."""
+
+    spec: SplitSpec
+    shape: tuple[int, ...]
+    ranges: tuple[Range, ...]
+    bit_depth: int = DEFAULT_BIT_DEPTH
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        return packed_shape(self.shape, self.spec.packing)
+
+    def to_frame(self, x: np.ndarray) -> np.ndarray:
+        """Truncate, quantize and pack: float tensor -> uint16 2-D frame."""
+        q = quantize(x, self.ranges, self.spec.group_axis, self.bit_depth)
+        return np.ascontiguousarray(pack_frame(q, self.spec.packing))
+
+    def from_frame(self, frame: np.ndarray) -> np.ndarray:
+        """Unpack and dequantize: uint16 2-D frame -> float32 tensor."""
+        q = unpack_frame(frame, self.shape, self.spec.packing)
+        return np.ascontiguousarray(dequantize(q, self.ranges, self.spec.group_axis, self.bit_depth))

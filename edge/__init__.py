@@ -1,0 +1,1 @@
+"""Edge side of splitfc: run the model head, encode features, send, report."""

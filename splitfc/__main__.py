@@ -1,0 +1,5 @@
+import sys
+
+from splitfc.cli import main
+
+sys.exit(main())
