@@ -1,6 +1,13 @@
-"""Codec registry: codecs keyed by name. A new codec is one module and one line here."""
+"""Codec registry: codecs keyed by name.
+
+Every module of this package (except ``base``) is imported and registers its
+codec with ``@register_codec``: a new codec is one new module.
+"""
 
 from __future__ import annotations
+
+import importlib
+import pkgutil
 
 from splitfc.common.codecs.base import Codec, Encoded, FrameCodec, FrameInfo
 from splitfc.common.errors import UnknownNameError
@@ -24,7 +31,12 @@ def get_codec(name: str) -> Codec:
         raise UnknownNameError(f"unknown codec {name!r}; valid codecs: {', '.join(CODECS)}") from None
 
 
-# Registration: importing a module registers its codec.
-from splitfc.common.codecs import raw  # noqa: E402,F401
+def _import_codec_modules() -> None:
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if info.name != "base" and not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+_import_codec_modules()
 
 __all__ = ["CODECS", "Codec", "Encoded", "FrameCodec", "FrameInfo", "get_codec", "register_codec"]
