@@ -1,0 +1,223 @@
+"""The cloud server: gRPC (service + health + reflection) and HTTP on one event loop.
+
+Start-up binds both ports first (health NOT_SERVING, /readyz 503), loads the
+models in a thread, then turns health SERVING. ``stop`` (SIGTERM/SIGINT in
+``serve``) turns health NOT_SERVING, refuses new calls and lets in-flight
+requests finish for up to ``drain_seconds``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import threading
+from collections.abc import Generator
+from dataclasses import dataclass
+
+import grpc
+import uvicorn
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from splitfc.cloud.http import create_app
+from splitfc.cloud.metrics import CloudMetrics
+from splitfc.cloud.service import (
+    SERVICE_NAME,
+    ModelLoader,
+    SplitInferenceService,
+    SplitInferenceServicer,
+    add_servicer,
+    default_model_loader,
+)
+from splitfc.cloud.settings import CloudSettings
+from splitfc.common.errors import SplitfcError
+from splitfc.common.jsonlog import json_logger, silent_logger
+
+REQUEST_LOGGER = "splitfc.cloud.requests"
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn without its own signal handling (the cloud server owns SIGTERM)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    host: str
+    grpc_port: int
+    http_port: int
+
+    @property
+    def grpc_target(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
+
+
+class CloudServer:
+    """One cloud instance (its own metrics registry; several may run in one process)."""
+
+    def __init__(
+        self, settings: CloudSettings | None = None, model_loader: ModelLoader = default_model_loader,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.settings = settings or CloudSettings()
+        self.metrics = CloudMetrics()
+        if logger is None:
+            name = f"{REQUEST_LOGGER}.{id(self)}"
+            logger = json_logger(name, self.settings.log_file) if self.settings.log_requests else silent_logger(name)
+        self.service = SplitInferenceService(self.settings, self.metrics, logger, model_loader)
+        self.health = health.aio.HealthServicer()
+        self._grpc: grpc.aio.Server | None = None
+        self._http: _Uvicorn | None = None
+        self._http_task: asyncio.Task[None] | None = None
+        self._load_task: asyncio.Task[None] | None = None
+        self.endpoints: Endpoints | None = None
+        self._stopping = False
+
+    async def start(self) -> Endpoints:
+        """Bind both ports and start loading the models; returns the bound endpoints."""
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        self.service.bind_loop(loop)
+        server = grpc.aio.server(options=s.grpc_options())
+        add_servicer(SplitInferenceServicer(self.service), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            server,
+        )
+        try:
+            grpc_port = server.add_insecure_port(f"{s.host}:{s.grpc_port}")
+        except RuntimeError as exc:
+            raise SplitfcError(f"cannot bind gRPC port {s.host}:{s.grpc_port}: {exc}") from None
+        if grpc_port == 0:
+            raise SplitfcError(f"cannot bind gRPC port {s.host}:{s.grpc_port}")
+        await server.start()
+        self._grpc = server
+
+        family = socket.AF_INET6 if ":" in s.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((s.host, s.http_port))
+        except OSError as exc:
+            sock.close()
+            await server.stop(0)
+            raise SplitfcError(f"cannot bind HTTP port {s.host}:{s.http_port}: {exc.strerror}") from None
+        http_port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            create_app(self.service, self.metrics), log_level="warning", access_log=False, lifespan="off",
+        )
+        self._http = _Uvicorn(config)
+        self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]))
+        while not self._http.started:
+            if self._http_task.done():
+                self._http_task.result()
+                raise SplitfcError("HTTP server stopped during start-up")
+            await asyncio.sleep(0.01)
+        self.endpoints = Endpoints(s.host, grpc_port, http_port)
+        self._load_task = asyncio.create_task(self._load_models())
+        return self.endpoints
+
+    async def _load_models(self) -> None:
+        try:
+            await asyncio.to_thread(self.service.load_models)
+        except Exception as exc:
+            self.service.load_error = f"{type(exc).__name__}: {exc}"
+            logging.getLogger("splitfc.cloud").error("model loading failed: %s", self.service.load_error)
+            return
+        if not self._stopping:
+            for name in ("", SERVICE_NAME):
+                await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def wait_ready(self, timeout: float | None = None) -> None:
+        """Wait until the models are loaded; raise if loading failed."""
+        assert self._load_task is not None, "start() first"
+        await asyncio.wait_for(asyncio.shield(self._load_task), timeout)
+        if self.service.load_error:
+            raise SplitfcError(f"cloud could not load its models: {self.service.load_error}")
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Refuse new calls, let in-flight ones finish (up to ``grace`` s), stop HTTP."""
+        if self._stopping:
+            return
+        self._stopping = True
+        grace = self.settings.drain_seconds if grace is None else grace
+        await self.health.enter_graceful_shutdown()
+        self.service.metrics.ready.set(0)
+        if self._grpc is not None:
+            await self._grpc.stop(grace)
+        if self._http is not None and self._http_task is not None:
+            self._http.should_exit = True
+            await self._http_task
+        if self._load_task is not None and not self._load_task.done():
+            # The loader thread cannot be interrupted; let it finish in the background.
+            self._load_task.cancel()
+        self.service.shutdown()
+
+    async def serve(self, on_start: object = None) -> None:
+        """Run until SIGTERM/SIGINT, then drain (the ``splitfc cloud serve`` main loop)."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        endpoints = await self.start()
+        if callable(on_start):
+            on_start(endpoints)
+        await stop.wait()
+        await self.stop()
+
+
+class ServerThread:
+    """A `CloudServer` on its own event loop in a background thread (tests, demo, benchmark)."""
+
+    def __init__(
+        self, settings: CloudSettings | None = None, model_loader: ModelLoader = default_model_loader,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.server = CloudServer(settings, model_loader, logger)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="splitfc-cloud", daemon=True)
+        self.endpoints: Endpoints | None = None
+
+    def _call(self, coro: object, timeout: float | None = None) -> object:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)  # type: ignore[arg-type]
+
+    def start(self, wait_ready: bool = True, timeout: float = 600.0) -> Endpoints:
+        self._thread.start()
+        self.endpoints = self._call(self.server.start(), timeout)  # type: ignore[assignment]
+        if wait_ready:
+            self._call(self.server.wait_ready(timeout), timeout + 5)
+        assert self.endpoints is not None
+        return self.endpoints
+
+    def wait_ready(self, timeout: float = 600.0) -> None:
+        self._call(self.server.wait_ready(timeout), timeout + 5)
+
+    def stop(self, grace: float = 5.0) -> None:
+        if self._thread.is_alive():
+            try:
+                self._call(self.server.stop(grace), grace + 30)
+            finally:
+                self._loop.call_soon_threadsafe(self._loop.stop)
+                self._thread.join(10)
+        if not self._loop.is_running():
+            self._loop.close()
+
+    def __enter__(self) -> ServerThread:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

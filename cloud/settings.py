@@ -1,0 +1,106 @@
+"""Cloud service settings (env prefix ``SPLITFC_CLOUD_``).
+
+Keepalive values must agree with `splitfc.edge.settings.EdgeSettings`: a client
+that pings more often than the server permits gets GOAWAY (too_many_pings).
+"""
+
+from __future__ import annotations
+
+from math import prod
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from splitfc.common.errors import SplitfcError
+from splitfc.common.specs import SPLITS, get_split
+
+MIB = 1 << 20
+DEFAULT_MAX_TOKENS = 8192
+"""Token bound of variable-length splits (llama3-csr) when no max_elements is set."""
+
+
+def default_max_elements(split_id: str) -> int:
+    """Largest accepted feature tensor of a split: its paper shape (``N`` tokens -> 8192)."""
+    shape = get_split(split_id).paper_shape
+    return prod(DEFAULT_MAX_TOKENS if s is None else s for s in shape)
+
+
+class CloudSettings(BaseSettings):
+    """Everything `splitfc cloud serve` can be told; env ``SPLITFC_CLOUD_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="SPLITFC_CLOUD_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    grpc_port: int = 50051
+    """gRPC port (0: pick a free one)."""
+    http_port: int = 8000
+    """HTTP port of /healthz, /readyz, /v1/info, /metrics (0: pick a free one)."""
+    preset: str = "tiny"
+    """Model preset: tiny (random-weight, seeded) or paper (real checkpoints)."""
+    splits: str = "all"
+    """Splits to serve: "all" or comma-separated ids."""
+    max_message_bytes: int = 16 * MIB
+    """Largest gRPC message, both directions (gRPC's default receive limit is 4 MiB)."""
+    max_bitstream_bytes: int = 256 * MIB
+    """Largest serialized bitstream, unary or reassembled from chunks."""
+    max_elements: dict[str, int] = Field(default_factory=dict)
+    """Per split: largest declared feature tensor (elements); default: the paper shape."""
+    max_concurrency: int = 2
+    """Requests decoded + run at once (worker threads); keep x torch_threads <= cores."""
+    max_queue: int = 64
+    """Requests allowed to wait for a worker; beyond it: RESOURCE_EXHAUSTED."""
+    torch_threads: int = 1
+    """torch intra-op threads per worker."""
+    keepalive_time_ms: int = 30_000
+    """Server keepalive ping interval."""
+    keepalive_timeout_ms: int = 10_000
+    """How long to wait for a keepalive ack."""
+    min_ping_interval_ms: int = 10_000
+    """Smallest client ping interval the server permits (client keepalive_time_ms must be >= this)."""
+    drain_seconds: float = 30.0
+    """On SIGTERM: how long in-flight requests may take to finish."""
+    log_file: str | None = None
+    """Where request JSON lines go (default: stderr)."""
+    log_requests: bool = True
+    """Write one JSON line per request."""
+
+    @field_validator("max_concurrency", "torch_threads")
+    @classmethod
+    def _positive(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("must be >= 1")
+        return v
+
+    @field_validator("max_queue")
+    @classmethod
+    def _non_negative(cls, v: int) -> int:
+        if v < 0:
+            raise ValueError("must be >= 0")
+        return v
+
+    def split_ids(self) -> list[str]:
+        """The split ids to serve, validated."""
+        if self.splits.strip() in ("", "all"):
+            return list(SPLITS)
+        ids = [s.strip() for s in self.splits.split(",") if s.strip()]
+        for s in ids:
+            get_split(s)
+        if len(set(ids)) != len(ids):
+            raise SplitfcError(f"split listed twice in {self.splits!r}")
+        return ids
+
+    def max_elements_for(self, split_id: str) -> int:
+        return self.max_elements.get(split_id, default_max_elements(split_id))
+
+    def grpc_options(self) -> list[tuple[str, int]]:
+        """Channel arguments of the gRPC server."""
+        return [
+            ("grpc.max_receive_message_length", self.max_message_bytes),
+            ("grpc.max_send_message_length", self.max_message_bytes),
+            ("grpc.keepalive_time_ms", self.keepalive_time_ms),
+            ("grpc.keepalive_timeout_ms", self.keepalive_timeout_ms),
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", self.min_ping_interval_ms),
+            ("grpc.http2.min_ping_interval_without_data_ms", self.min_ping_interval_ms),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_ping_strikes", 2),
+        ]
