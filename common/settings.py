@@ -48,3 +48,37 @@ class CliSettings(BaseSettings):
 @lru_cache(maxsize=1)
 def cli_settings() -> CliSettings:
     return CliSettings()
+
+
+class ModelSettings(BaseSettings):
+    """Where the ``paper`` preset finds checkpoints and heads, and how torch runs.
+
+    ``SPLITFC_MODEL_DIR``: a folder holding one checkpoint folder per model, named
+    after the last part of the Hugging Face id (``dinov2-giant``,
+    ``Meta-Llama-3-8B``, ``stable-diffusion-3-medium-diffusers``); unset = the hub
+    id (HF cache, or a download where the network allows).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="SPLITFC_", extra="ignore", protected_namespaces=())
+
+    model_dir: Path | None = None
+    """Folder of local checkpoint folders for the ``paper`` preset."""
+    heads_dir: Path | None = None
+    """Folder of the published DINOv2 head files (``dinov2_vitg14_linear_head.pth``, ...)."""
+    hf_offline: bool = False
+    """Load checkpoints with ``local_files_only=True`` (no hub access)."""
+    torch_threads: int | None = None
+    """torch intra-op threads (unset: torch's default)."""
+    torch_dtype: str = "float32"
+    """dtype of the ``paper`` checkpoints on load: float32, bfloat16 or float16."""
+    fid_inception_weights: Path | None = None
+    """torchvision ``inception_v3`` state dict (``inception_v3_google-*.pth``) for FID; unset: PSNR only."""
+    sd3_steps: int | None = None
+    """Denoising steps of SD3 (default: 28 for paper, 4 for tiny)."""
+
+
+@lru_cache(maxsize=1)
+def model_settings() -> ModelSettings:
+    """The process-wide model settings (read once)."""
+    return ModelSettings()
+

@@ -27,6 +27,27 @@ class Sample:
     """Ground truth (class id, mask, depth map, answer index, reference image) when known."""
 
 
+@dataclass(frozen=True)
+class MultipleChoice:
+    """A multiple-choice question (CSR input): choices labelled A, B, C, ... by default."""
+
+    question: str
+    choices: tuple[str, ...]
+    labels: tuple[str, ...] = ()
+    """Choice letters; empty means A, B, C, ..."""
+
+    def letters(self) -> tuple[str, ...]:
+        return self.labels or tuple("ABCDEFGH"[: len(self.choices)])
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A text-to-image prompt (TTI input) with the seed of its initial noise."""
+
+    text: str
+    seed: int = 0
+
+
 @dataclass
 class TaskOutput:
     """What ``tail`` returns; the fields used depend on the task.
@@ -67,3 +88,28 @@ class SplitModel(ABC):
     @abstractmethod
     def expected_shape(self) -> tuple[int | None, ...]:
         """Feature shape this model produces (``None`` for a variable token count)."""
+
+
+def check_features(
+    features: np.ndarray, spec: SplitSpec, expected: tuple[int | None, ...], preset: str
+) -> np.ndarray:
+    """Validate a feature tensor for ``tail``: the split's layout, then the model's exact shape.
+
+    Raises `ShapeError` naming the expected shape; returns the array as float32.
+    """
+    from splitfc.common.errors import ShapeError
+    from splitfc.common.specs import format_shape
+
+    if not isinstance(features, np.ndarray):
+        raise ShapeError(f"split {spec.id} expects a numpy array, got {type(features).__name__}")
+    spec.check_shape(features.shape)
+    if len(expected) != features.ndim or any(
+        e is not None and e != s for e, s in zip(expected, features.shape, strict=True)
+    ):
+        raise ShapeError(
+            f"split {spec.id} ({preset} preset) expects features of shape {format_shape(expected)} "
+            f"({' x '.join(spec.layout)}), got {format_shape(features.shape)}"
+        )
+    if features.dtype.kind != "f":
+        raise ShapeError(f"split {spec.id} expects float features, got dtype {features.dtype}")
+    return np.ascontiguousarray(features, dtype=np.float32)

@@ -1,0 +1,334 @@
+"""DINOv2 split at the ViT blocks: Cls and Seg (SPDS), Dpt (SPDM).
+
+* ``head``: image -> DINOv2 embeddings and blocks up to the split -> features.
+  Cls: the last block's tokens ``(tokens, channels)``; Seg: the same for two
+  views, the image and its horizontal flip (DINOv2's test-time flip
+  augmentation) ``(2, tokens, channels)``; Dpt: the outputs of the blocks at
+  1/4, 2/4, 3/4 and 4/4 of the depth for both views ``(2, 4, tokens, channels)``.
+  Features are block outputs before the backbone's final layer norm.
+* ``tail``: the rest (none: the split is after the last block used) plus the
+  task head of paper Table 2:
+  Cls: final norm, linear on [CLS token, mean of patch tokens] (1000 classes);
+  Seg: final norm, BatchNorm + 1x1 conv per patch token (21 VOC classes),
+  bilinear upsampling to the network input, softmax averaged over the views;
+  Dpt: the ``linear4`` head on the raw block outputs: per layer the patch map
+  with the CLS token concatenated, upsampled x4, BatchNorm + 1x1 conv to 256
+  depth bins (0.001-10 m, linear normalisation), depth = bin-weighted sum,
+  upsampled to the network input, averaged over the views.
+
+Outputs of Seg/Dpt are at the network input resolution (after resizing);
+metrics resize the ground truth to it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from splitfc.common.errors import SplitfcError
+from splitfc.common.models._common import (
+    heads_dir,
+    load_head_file,
+    load_pretrained,
+    normalize_to_tensor,
+    resize_center_crop,
+    resize_rgb,
+    setup_torch,
+    to_rgb_array,
+    torch_dtype,
+)
+from splitfc.common.models.base import SplitModel, TaskOutput, check_features
+from splitfc.common.specs import SplitSpec, get_split
+
+HUB_ID = "facebook/dinov2-giant"
+HEAD_FILES = {
+    "cls": "dinov2_vitg14_linear_head.pth",
+    "seg": "dinov2_vitg14_voc2012_linear_head.pth",
+    "dpt": "dinov2_vitg14_nyu_linear4_head.pth",
+}
+"""Published DINOv2 heads (ViT-g/14) looked up in ``SPLITFC_HEADS_DIR``."""
+IMAGENET_CLASSES = 1000
+VOC_CLASSES = 21
+DEPTH_BINS = 256
+MIN_DEPTH, MAX_DEPTH = 0.001, 10.0
+TINY_SEED = 20240601
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How an image becomes the network input.
+
+    ``crop``: resize the shorter side to ``resize`` and center-crop ``height`` (square);
+    otherwise resize to ``height`` x ``width`` and center-pad to a multiple of the patch.
+    """
+
+    height: int
+    width: int
+    crop: bool = False
+    resize: int = 0
+
+
+GEOMETRY: dict[tuple[str, str], Geometry] = {
+    ("cls", "paper"): Geometry(224, 224, crop=True, resize=256),
+    ("cls", "tiny"): Geometry(112, 112, crop=True, resize=128),
+    ("seg", "paper"): Geometry(518, 518),
+    ("seg", "tiny"): Geometry(112, 112),
+    ("dpt", "paper"): Geometry(480, 640),  # NYU size, padded to 490 x 644
+    ("dpt", "tiny"): Geometry(112, 140),
+}
+
+
+def tiny_config() -> Any:
+    """ViT-g's architecture (SwiGLU FFN, layer scale) at hidden 128, 8 blocks, 4 heads, patch 14."""
+    from transformers import Dinov2Config
+
+    return Dinov2Config(
+        hidden_size=128,
+        num_hidden_layers=8,
+        num_attention_heads=4,
+        mlp_ratio=4,
+        image_size=112,
+        patch_size=14,
+        use_swiglu_ffn=True,
+        initializer_range=0.2,
+        layerscale_value=1.0,
+    )
+
+
+def split_layers(depth: int, task: str) -> tuple[int, ...]:
+    """1-based blocks whose outputs form the features: the last one, or 1/4..4/4 of the depth for Dpt."""
+    if task == "dpt":
+        return tuple(depth * k // 4 for k in (1, 2, 3, 4))
+    return (depth,)
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+class Dinov2Split(SplitModel):
+    """One DINOv2 split (cls, seg or dpt) with its task head."""
+
+    def __init__(self, spec: SplitSpec, preset: str, backbone: Any, task_head: Any, geometry: Geometry) -> None:
+        setup_torch()
+        self.spec = spec
+        self.preset = preset
+        self.task = spec.task
+        self.backbone = backbone.eval()
+        self.task_head = task_head.eval()
+        self.geometry = geometry
+        config = backbone.config
+        self.patch = int(config.patch_size)
+        self.channels = int(config.hidden_size)
+        self.layers = split_layers(int(config.num_hidden_layers), self.task)
+        self.views = 1 if self.task == "cls" else 2
+        h, w = self.input_size
+        self.grid = (h // self.patch, w // self.patch)
+        self.tokens = 1 + self.grid[0] * self.grid[1]
+
+    # -- geometry -------------------------------------------------------------------------------
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """Network input size (after center padding to a multiple of the patch)."""
+        g = self.geometry
+        p = self.patch
+        return (-(-g.height // p) * p, -(-g.width // p) * p)
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        """Size of Seg/Dpt outputs: the resized image, without the padding."""
+        return self.geometry.height, self.geometry.width
+
+    def expected_shape(self) -> tuple[int | None, ...]:
+        if self.task == "cls":
+            return (self.tokens, self.channels)
+        if self.task == "seg":
+            return (self.views, self.tokens, self.channels)
+        return (self.views, len(self.layers), self.tokens, self.channels)
+
+    def prepare(self, inputs: Any) -> Any:
+        """Image -> normalised (views, 3, H, W) tensor (views: image, then its mirror)."""
+        torch = _torch()
+        image = to_rgb_array(inputs)
+        g = self.geometry
+        if g.crop:
+            image = resize_center_crop(image, g.resize, g.height)
+        else:
+            image = resize_rgb(image, g.height, g.width)
+        views = [image] if self.views == 1 else [image, np.ascontiguousarray(image[:, ::-1])]
+        x = normalize_to_tensor(views)
+        ph, pw = self.input_size[0] - g.height, self.input_size[1] - g.width
+        if ph or pw:
+            x = torch.nn.functional.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+        return x.to(self.backbone.dtype)
+
+    # -- split ----------------------------------------------------------------------------------
+    def _block_outputs(self, pixels: Any) -> list[Any]:
+        """Outputs of the blocks in ``self.layers``, running no block past the last of them."""
+        hidden = self.backbone.embeddings(pixels)
+        outputs = []
+        for index, block in enumerate(self.backbone.encoder.layer[: max(self.layers)], start=1):
+            hidden = block(hidden)
+            if index in self.layers:
+                outputs.append(hidden)
+        return outputs
+
+    def head(self, inputs: Any) -> np.ndarray:
+        torch = _torch()
+        with torch.no_grad():
+            outs = self._block_outputs(self.prepare(inputs))
+        stacked = torch.stack(outs, dim=1)  # (views, layers, tokens, channels)
+        if self.task == "dpt":
+            features = stacked
+        elif self.task == "seg":
+            features = stacked[:, 0]
+        else:
+            features = stacked[0, 0]
+        return np.ascontiguousarray(features.float().numpy())
+
+    def tail(self, features: np.ndarray) -> TaskOutput:
+        torch = _torch()
+        x = check_features(features, self.spec, self.expected_shape(), self.preset)
+        t = torch.from_numpy(x).to(self.backbone.dtype)
+        if self.task == "cls":
+            t = t[None, None]
+        elif self.task == "seg":
+            t = t[:, None]
+        return self._finish(t)
+
+    def forward_unsplit(self, inputs: Any) -> TaskOutput:
+        torch = _torch()
+        with torch.no_grad():
+            out = self.backbone(pixel_values=self.prepare(inputs), output_hidden_states=True)
+        hidden = torch.stack([out.hidden_states[i] for i in self.layers], dim=1)
+        return self._finish(hidden)
+
+    def _finish(self, hidden: Any) -> TaskOutput:
+        """(views, layers, tokens, channels) block outputs -> task output."""
+        torch = _torch()
+        F = torch.nn.functional
+        with torch.no_grad():
+            if self.task == "cls":
+                logits = self.task_head(self.backbone.layernorm(hidden[:, -1]))[0].float()
+                probs = torch.softmax(logits, dim=-1)
+                return TaskOutput(task="cls", label=int(torch.argmax(logits)), probs=probs.numpy())
+            if self.task == "seg":
+                normed = self.backbone.layernorm(hidden[:, -1])
+                logits = self.task_head(normed, self.grid).float()
+                logits = F.interpolate(logits, size=self.input_size, mode="bilinear", align_corners=False)
+                probs = torch.softmax(logits, dim=1)
+                probs = (probs[0] + probs[1].flip(-1)) / 2 if self.views == 2 else probs[0]
+                probs = self._crop(probs)
+                return TaskOutput(task="seg", mask=torch.argmax(probs, dim=0).numpy().astype(np.int64))
+            depth = self.task_head(hidden, self.grid).float()  # (views, 1, h, w)
+            depth = F.interpolate(depth, size=self.input_size, mode="bilinear", align_corners=False)
+            depth = torch.clamp(depth[:, 0], MIN_DEPTH, MAX_DEPTH)
+            depth = (depth[0] + depth[1].flip(-1)) / 2 if self.views == 2 else depth[0]
+            return TaskOutput(task="dpt", depth=self._crop(depth).numpy().astype(np.float32))
+
+    def _crop(self, x: Any) -> Any:
+        """Drop the center padding from the last two axes."""
+        (h, w), (H, W) = self.output_size, self.input_size
+        top, left = (H - h) // 2, (W - w) // 2
+        return x[..., top : top + h, left : left + w]
+
+
+def _heads(dim: int, task: str) -> Any:
+    torch = _torch()
+    nn = torch.nn
+    F = nn.functional
+
+    class ClsLinearHead(nn.Module):
+        """Linear on [CLS token, mean of patch tokens] of the normed last block (keys: weight, bias)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = nn.Linear(2 * dim, IMAGENET_CLASSES)
+
+        def forward(self, tokens: Any) -> Any:
+            return self.linear(torch.cat([tokens[:, 0], tokens[:, 1:].mean(dim=1)], dim=-1))
+
+    class SegLinearHead(nn.Module):
+        """mmseg BNHead: BatchNorm + 1x1 conv on the patch map (keys: bn.*, conv_seg.*)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.bn = nn.BatchNorm2d(dim)
+            self.conv_seg = nn.Conv2d(dim, VOC_CLASSES, kernel_size=1)
+
+        def forward(self, tokens: Any, grid: tuple[int, int]) -> Any:
+            patches = tokens[:, 1:].transpose(1, 2).reshape(tokens.shape[0], dim, *grid)
+            return self.conv_seg(self.bn(patches))
+
+    class DepthLinear4Head(nn.Module):
+        """DINOv2 depth BNHead, ``linear4``: 4 layers x [patch map, CLS], x4 upsampling, 256 bins."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            channels = 4 * 2 * dim
+            self.bn = nn.BatchNorm2d(channels)
+            self.conv_depth = nn.Conv2d(channels, DEPTH_BINS, kernel_size=1)
+            self.register_buffer("bins", torch.linspace(MIN_DEPTH, MAX_DEPTH, DEPTH_BINS), persistent=False)
+
+        def forward(self, hidden: Any, grid: tuple[int, int]) -> Any:
+            views, layers, _, _ = hidden.shape
+            maps = []
+            for layer in range(layers):
+                x = hidden[:, layer]
+                patch = x[:, 1:].transpose(1, 2).reshape(views, dim, *grid)
+                cls = x[:, 0, :, None, None].expand_as(patch)
+                maps.append(F.interpolate(torch.cat([patch, cls], dim=1), scale_factor=4, mode="bilinear",
+                                          align_corners=False))
+            logit = torch.relu(self.conv_depth(self.bn(torch.cat(maps, dim=1)))) + 0.1
+            logit = logit / logit.sum(dim=1, keepdim=True)
+            return torch.einsum("ikmn,k->imn", logit, self.bins.to(logit.dtype)).unsqueeze(1)
+
+    return {"cls": ClsLinearHead, "seg": SegLinearHead, "dpt": DepthLinear4Head}[task]()
+
+
+def _load_published_head(head: Any, task: str, folder: str | os.PathLike | None) -> None:
+    state = load_head_file(heads_dir(folder), HEAD_FILES[task])
+    if task == "cls":
+        state = {f"linear.{k}": v for k, v in state.items() if k in ("weight", "bias")}
+    wanted = {k for k in head.state_dict()}
+    missing = sorted(wanted - set(state))
+    if missing:
+        raise SplitfcError(f"head file {HEAD_FILES[task]} lacks {', '.join(missing)}")
+    try:
+        head.load_state_dict({k: state[k] for k in wanted}, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        raise SplitfcError(f"head file {HEAD_FILES[task]} does not fit the backbone: {first[-1]}") from None
+
+
+def build(
+    split_id: str,
+    preset: str,
+    source: str | os.PathLike | None = None,
+    heads: str | os.PathLike | None = None,
+    geometry: Geometry | None = None,
+) -> Dinov2Split:
+    """Build a DINOv2 split: ``tiny`` (seeded random weights) or ``paper`` (checkpoint + published head)."""
+    torch = _torch()
+    spec = get_split(split_id)
+    geometry = geometry or GEOMETRY[(spec.task, preset)]
+    if preset == "tiny":
+        from transformers import Dinov2Model
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(TINY_SEED)
+            backbone = Dinov2Model(tiny_config())
+            torch.manual_seed(TINY_SEED + {"cls": 1, "seg": 2, "dpt": 3}[spec.task])
+            task_head = _heads(backbone.config.hidden_size, spec.task)
+        return Dinov2Split(spec, preset, backbone, task_head, geometry)
+    from transformers import Dinov2Model
+
+    backbone = load_pretrained(Dinov2Model, HUB_ID, source, dtype=torch_dtype())
+    task_head = _heads(backbone.config.hidden_size, spec.task)
+    _load_published_head(task_head, spec.task, heads)
+    return Dinov2Split(spec, preset, backbone, task_head.to(backbone.dtype), geometry)
