@@ -82,3 +82,18 @@ def model_settings() -> ModelSettings:
     """The process-wide model settings (read once)."""
     return ModelSettings()
 
+
+class HyperpriorSettings(BaseSettings):
+    """Where the learned ``hyperprior`` codec finds its checkpoints."""
+
+    model_config = SettingsConfigDict(env_prefix="SPLITFC_", extra="ignore")
+
+    hyperprior_dir: Path | None = None
+    """Checkpoint folder laid out as <dir>/<split>/q<quality>.safetensors (+ .json);
+    default: the checkpoints shipped in splitfc/common/codecs/checkpoints/hyperprior."""
+
+
+@lru_cache(maxsize=1)
+def hyperprior_settings() -> HyperpriorSettings:
+    """The process-wide hyperprior settings (read once)."""
+    return HyperpriorSettings()

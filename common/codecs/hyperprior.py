@@ -1,0 +1,189 @@
+"""``hyperprior``: CompressAI's scale hyperprior (Ballé 2018) on the packed frame (paper Section 6.1.2).
+
+The frame is the paper's pre-processing with the Hyperprior truncation column
+of Table 4 and 10-bit quantization, normalised to [0, 1], padded by edge
+replication to a multiple of 64 (frames larger than the checkpoint's tile size
+are cut into tiles coded independently) and cropped back after decoding.
+Coding goes through CompressAI's rANS coder with the checkpoint's CDF tables.
+
+The rate knob is a quality index 1..5 (``--quality``, or ``--qp`` as its
+alias): one checkpoint per λ, quality 1 the lowest rate. Checkpoints are looked
+up as ``<dir>/<split>/q<quality>.safetensors`` where ``<dir>`` is
+``SPLITFC_HYPERPRIOR_DIR`` or the shipped ``checkpoints/hyperprior`` folder.
+The bitstream's ``codec.extra`` carries ``checkpoint`` (sha256 of the weights)
+and ``checkpoint_split``; decoding with any other checkpoint is refused.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from splitfc.common.codecs import register_codec
+from splitfc.common.codecs.base import Encoded, FrameCodec, FrameInfo
+from splitfc.common.errors import BitstreamError, SplitfcError
+from splitfc.common.learned.checkpoint import CheckpointError, HyperpriorConfig, load_checkpoint
+from splitfc.common.learned.model import (
+    FeatureHyperprior,
+    deterministic_cpu,
+    pad_replicate,
+    tiles,
+    y_symbols_for,
+    z_shape_for,
+    z_symbols_for,
+)
+from splitfc.common.learned.payload import pack_payload, unpack_payload
+from splitfc.common.specs import SplitSpec, TruncationColumn, get_split
+
+SHIPPED_DIR = Path(__file__).resolve().parent / "checkpoints" / "hyperprior"
+_LOCK = threading.Lock()
+_CACHE: dict[tuple[str, int, int], tuple[FeatureHyperprior, HyperpriorConfig]] = {}
+
+
+def checkpoint_dir() -> Path:
+    """The checkpoint folder in use (``SPLITFC_HYPERPRIOR_DIR`` or the shipped one)."""
+    from splitfc.common.settings import hyperprior_settings
+
+    return hyperprior_settings().hyperprior_dir or SHIPPED_DIR
+
+
+def checkpoint_path(split: str, quality: int, directory: Path | None = None) -> Path:
+    """Where the checkpoint of ``split`` at ``quality`` lives."""
+    return Path(directory or checkpoint_dir()) / split / f"q{quality}.safetensors"
+
+
+def load_cached(path: Path, split: str) -> tuple[FeatureHyperprior, HyperpriorConfig]:
+    """`load_checkpoint` with a per-process cache keyed by path, size and mtime."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise CheckpointError(
+            f"no hyperprior checkpoint for split {split} at {path} (train one with splitfc train-codec, "
+            "or point SPLITFC_HYPERPRIOR_DIR at a checkpoint folder)"
+        ) from None
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    with _LOCK:
+        if key not in _CACHE:
+            _CACHE[key] = load_checkpoint(path, expect_split=split)
+        return _CACHE[key]
+
+
+def _frame_tensor(frame: np.ndarray, bit_depth: int) -> torch.Tensor:
+    return torch.from_numpy(frame.astype(np.float32) / ((1 << bit_depth) - 1))[None, None]
+
+
+def _zero_padded(data: bytes, symbols: int) -> bytes:
+    """``data`` followed by zeros: bounds how far a hostile rANS stream can read past its end."""
+    return data + bytes(16 * len(data) + 8 * symbols + 64)
+
+
+def encode_with(model: FeatureHyperprior, cfg: HyperpriorConfig, frame: np.ndarray, bit_depth: int) -> bytes:
+    """Code a uint16 frame with a loaded model; return the payload (layout in `payload`)."""
+    h, w = frame.shape
+    x = _frame_tensor(frame, bit_depth)
+    strings = []
+    with _LOCK, deterministic_cpu():
+        for top, left, th, tw in tiles(h, w, cfg.tile):
+            y, z, _ = model.compress_padded(pad_replicate(x[..., top:top + th, left:left + tw]))
+            strings.append((y, z))
+    return pack_payload(cfg.tile, strings)
+
+
+def decode_with(model: FeatureHyperprior, payload: bytes, height: int, width: int, bit_depth: int) -> np.ndarray:
+    """Decode a payload into a uint16 frame of ``height`` x ``width``."""
+    tile, strings = unpack_payload(payload, lambda t: len(tiles(height, width, t)))
+    levels = (1 << bit_depth) - 1
+    out = np.empty((height, width), dtype=np.uint16)
+    with _LOCK, deterministic_cpu():
+        for (top, left, th, tw), (y, z) in zip(tiles(height, width, tile), strings, strict=True):
+            y_pad = _zero_padded(y, y_symbols_for(th, tw, model.M))
+            z_pad = _zero_padded(z, z_symbols_for(th, tw, model.N))
+            x_hat = model.decompress_padded(y_pad, z_pad, z_shape_for(th, tw))
+            rec = torch.round(x_hat[0, 0, :th, :tw].clamp(0, 1) * levels)
+            out[top:top + th, left:left + tw] = rec.numpy().astype(np.uint16)
+    return out
+
+
+@register_codec
+class HyperpriorCodec(FrameCodec):
+    """Learned baseline: one checkpoint per split and quality 1..5 (1 = lowest rate)."""
+
+    name: ClassVar[str] = "hyperprior"
+    description: ClassVar[str] = "CompressAI scale hyperprior (Ballé 2018), 1-channel, one checkpoint per λ"
+    truncation: ClassVar[TruncationColumn | None] = TruncationColumn.HYPERPRIOR
+    rate_name: ClassVar[str] = "quality"
+    rates: ClassVar[tuple[int, ...]] = (1, 2, 3, 4, 5)
+    rate_bounds: ClassVar[tuple[int, int]] = (1, 5)
+
+    def __init__(self, directory: Path | None = None, source_split: str | None = None) -> None:
+        """``directory`` overrides the checkpoint folder; ``source_split`` codes every split with the
+        checkpoints trained for that split (the generalizability run of paper Table 6)."""
+        self.directory = Path(directory) if directory is not None else None
+        self.source_split = get_split(source_split).id if source_split is not None else None
+
+    def model_for(self, split: str, quality: int) -> tuple[FeatureHyperprior, HyperpriorConfig]:
+        """The loaded checkpoint for ``split`` at ``quality``."""
+        self.check_rate(quality)
+        return load_cached(checkpoint_path(split, quality, self.directory), split)
+
+    def encode(self, features: np.ndarray, spec: SplitSpec, rate: int) -> Encoded:
+        self.check_rate(rate)
+        source = self.source_split or spec.id
+        model, cfg = self.model_for(source, rate)
+        plan = self.plan(spec, features.shape)
+        frame = plan.to_frame(features)
+        payload = encode_with(model, cfg, frame, plan.bit_depth)
+        h, w = frame.shape
+        info = FrameInfo(plan.ranges, plan.bit_depth, spec.packing, h, w)
+        return Encoded(payload, info, {"checkpoint": cfg.checkpoint_id, "checkpoint_split": cfg.split})
+
+    def decode(
+        self, payload: bytes, spec: SplitSpec, shape: tuple[int, ...], dtype: np.dtype,
+        frame: FrameInfo | None, rate: int, extra: dict[str, str],
+    ) -> np.ndarray:
+        if frame is None:
+            raise BitstreamError("hyperprior bitstream lacks pre-processing parameters")
+        self.check_rate(rate)
+        wanted = extra.get("checkpoint")
+        if not wanted:
+            raise BitstreamError("hyperprior bitstream does not name the checkpoint that coded it")
+        source = extra.get("checkpoint_split") or spec.id
+        try:
+            source = get_split(source).id
+        except SplitfcError:
+            raise BitstreamError(f"hyperprior bitstream names an unknown checkpoint split {source!r}") from None
+        model, cfg = self.model_for(source, rate)
+        if cfg.checkpoint_id != wanted:
+            raise BitstreamError(
+                f"bitstream was coded with hyperprior checkpoint {wanted[:12]}, but {source} quality {rate} "
+                f"here is {cfg.checkpoint_id[:12]} ({checkpoint_path(source, rate, self.directory)}); "
+                "decode with the checkpoint that coded it"
+            )
+        from splitfc.common.preprocess import FramePlan
+
+        plan = FramePlan(spec, tuple(shape), frame.ranges, frame.bit_depth)
+        decoded = decode_with(model, payload, frame.frame_height, frame.frame_width, frame.bit_depth)
+        return plan.from_frame(decoded).astype(dtype, copy=False)
+
+    def encode_frame(self, frame: np.ndarray, rate: int) -> tuple[bytes, dict[str, str]]:
+        """Frame-level coding needs a split to pick the checkpoint: construct with ``source_split``."""
+        if self.source_split is None:
+            raise SplitfcError("hyperprior codes frames with a split's checkpoint: pass source_split")
+        model, cfg = self.model_for(self.source_split, rate)
+        payload = encode_with(model, cfg, frame, self.bit_depth)
+        return payload, {"checkpoint": cfg.checkpoint_id, "checkpoint_split": cfg.split}
+
+    def decode_frame(
+        self, payload: bytes, height: int, width: int, rate: int, extra: dict[str, str]
+    ) -> np.ndarray:
+        source = extra.get("checkpoint_split") or self.source_split
+        if source is None:
+            raise BitstreamError("hyperprior frame payload does not name its checkpoint split")
+        model, cfg = self.model_for(get_split(source).id, rate)
+        if extra.get("checkpoint") != cfg.checkpoint_id:
+            raise BitstreamError("hyperprior frame was coded with another checkpoint")
+        return decode_with(model, payload, height, width, self.bit_depth)
