@@ -201,7 +201,10 @@ class SplitInferenceService:
                 )
             shape = tuple(int(d) for d in msg.tensors[0].shape)
             expected = model.expected_shape()
-            if len(shape) != len(expected) or any(e is not None and e != d for e, d in zip(expected, shape, strict=True)):
+            fits = len(shape) == len(expected) and all(
+                e is None or e == d for e, d in zip(expected, shape, strict=True)
+            )
+            if not fits:
                 exp = "x".join("N" if e is None else str(e) for e in expected)
                 raise ShapeError(
                     f"declared shape {'x'.join(map(str, shape))} does not fit split {spec.id} "

@@ -1,0 +1,138 @@
+"""The edge's gRPC client: send one serialized bitstream, get the task result back.
+
+Bitstreams up to ``chunk_bytes`` go unary (``Infer``); larger ones as a stream
+of chunks (``InferChunked``). Only UNAVAILABLE is retried, with exponential
+backoff and jitter, inside one deadline for all attempts together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+
+from splitfc.edge.settings import EdgeSettings
+from splitfc.v1 import service_pb2 as svc
+from splitfc.v1 import service_pb2_grpc as svc_grpc
+
+GRPC_FRAME_HEADER = 5
+"""Bytes gRPC adds in front of every message on the wire (flag + length)."""
+
+
+@dataclass
+class CallResult:
+    """The outcome of one request: a response, or a final gRPC status."""
+
+    response: svc.InferResponse | None
+    code: grpc.StatusCode
+    details: str
+    attempts: int
+    rtt_s: float
+    """Time of the successful (or last) attempt."""
+    elapsed_s: float
+    """All attempts and backoff together."""
+    wire_bytes: int
+    """Request bytes put on the wire by the last attempt: serialized messages + gRPC frame headers."""
+    chunked: bool
+
+
+def chunk_messages(request_id: str, data: bytes, chunk_bytes: int) -> list[svc.BitstreamChunk]:
+    """Split a serialized bitstream into chunks; the first carries the id and the total size."""
+    chunks = []
+    for i, start in enumerate(range(0, max(len(data), 1), chunk_bytes)):
+        piece = data[start:start + chunk_bytes]
+        if i == 0:
+            chunks.append(svc.BitstreamChunk(request_id=request_id, total_bytes=len(data), data=piece))
+        else:
+            chunks.append(svc.BitstreamChunk(data=piece))
+    return chunks
+
+
+class EdgeClient:
+    """An async client over one channel (use as ``async with``)."""
+
+    def __init__(self, target: str, settings: EdgeSettings | None = None) -> None:
+        self.target = target
+        self.settings = settings or EdgeSettings()
+        self.channel = grpc.aio.insecure_channel(target, options=self.settings.grpc_options())
+        self.stub = svc_grpc.SplitInferenceStub(self.channel)
+
+    async def __aenter__(self) -> EdgeClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def info(self, timeout: float = 10.0) -> svc.ServerInfo:
+        return await self.stub.GetInfo(svc.GetInfoRequest(), timeout=timeout, wait_for_ready=True)
+
+    async def wait_ready(self, timeout: float = 60.0) -> svc.ServerInfo:
+        """Wait until the server answers GetInfo with ready = true."""
+        end = time.monotonic() + timeout
+        while True:
+            try:
+                info = await self.info(timeout=max(0.1, end - time.monotonic()))
+                if info.ready:
+                    return info
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    raise
+            if time.monotonic() >= end:
+                raise TimeoutError(f"server {self.target} not ready after {timeout:.0f} s")
+            await asyncio.sleep(0.1)
+
+    def wire_bytes(self, request_id: str, data: bytes) -> int:
+        """Request bytes one attempt puts on the wire: serialized messages + gRPC frame headers."""
+        if len(data) <= self.settings.chunk_bytes:
+            return svc.InferRequest(request_id=request_id, bitstream=data).ByteSize() + GRPC_FRAME_HEADER
+        chunks = chunk_messages(request_id, data, self.settings.chunk_bytes)
+        return sum(c.ByteSize() + GRPC_FRAME_HEADER for c in chunks)
+
+    async def _attempt(self, request_id: str, data: bytes, timeout: float) -> svc.InferResponse:
+        if len(data) <= self.settings.chunk_bytes:
+            return await self.stub.Infer(svc.InferRequest(request_id=request_id, bitstream=data), timeout=timeout)
+        chunks = chunk_messages(request_id, data, self.settings.chunk_bytes)
+
+        async def stream() -> AsyncIterator[svc.BitstreamChunk]:
+            for c in chunks:
+                yield c
+
+        return await self.stub.InferChunked(stream(), timeout=timeout)
+
+    async def infer(self, request_id: str, data: bytes, deadline_s: float | None = None) -> CallResult:
+        """Send one serialized bitstream; retry UNAVAILABLE within the deadline."""
+        s = self.settings
+        deadline_s = s.deadline_s if deadline_s is None else deadline_s
+        t0 = time.perf_counter()
+        end = t0 + deadline_s
+        attempt = 0
+        backoff = s.backoff_initial_s
+        chunked = len(data) > s.chunk_bytes
+        wire = self.wire_bytes(request_id, data)
+        while True:
+            attempt += 1
+            remaining = end - time.perf_counter()
+            if remaining <= 0:
+                return CallResult(None, grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded before sending",
+                                  attempt - 1, 0.0, time.perf_counter() - t0, 0, chunked)
+            ta = time.perf_counter()
+            try:
+                resp = await self._attempt(request_id, data, remaining)
+                now = time.perf_counter()
+                return CallResult(resp, grpc.StatusCode.OK, "", attempt, now - ta, now - t0, wire, chunked)
+            except grpc.aio.AioRpcError as exc:
+                now = time.perf_counter()
+                code, details = exc.code(), exc.details() or ""
+                retry = code == grpc.StatusCode.UNAVAILABLE and attempt <= s.retries
+                sleep = min(backoff, s.backoff_max_s) * random.uniform(0.5, 1.0)
+                if not retry or now + sleep >= end:
+                    return CallResult(None, code, details, attempt, now - ta, now - t0, wire, chunked)
+                await asyncio.sleep(sleep)
+                backoff *= s.backoff_multiplier

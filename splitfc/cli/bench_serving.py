@@ -1,0 +1,217 @@
+"""``splitfc bench-serving``: the cloud's serving overhead.
+
+The same pre-coded bitstreams are (a) parsed, decoded and run through ``tail``
+in-process by a pool of as many worker threads as the server has (no network),
+and (b) sent to a cloud server (a separate process by default) over loopback
+gRPC at several client concurrencies. Overhead ratio = in-process throughput /
+served throughput (1.0 = no overhead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+ORDER = 60
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench-serving", help="measure serving overhead: cloud throughput vs the same decode+tail in-process",
+    )
+    p.add_argument("--concurrency", default="1,4,16", help="client concurrencies, comma-separated (default 1,4,16)")
+    p.add_argument("--split", default="dinov2-cls", help="split id (default dinov2-cls)")
+    p.add_argument("--codec", default="raw", help="codec of the bitstreams (default raw)")
+    p.add_argument("--qp", type=int, default=0, help="rate of --codec (default 0)")
+    p.add_argument("--requests", type=int, default=64, help="requests per measurement (default 64)")
+    p.add_argument("--samples", type=int, default=8, help="distinct bitstreams, sent round-robin (default 8)")
+    p.add_argument("--workers", type=int, help="server max_concurrency and in-process pool size (default: cloud's)")
+    p.add_argument("--in-process-server", action="store_true", help="run the server in this process (a thread)")
+    p.add_argument("-o", "--output", type=Path, help="write the results as JSON")
+    p.set_defaults(func=cmd_bench_serving)
+
+
+def _free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _percentile(values: list[float], q: float) -> float:
+    import numpy as np
+
+    return float(np.percentile(np.asarray(values), q))
+
+
+def in_process_throughput(model: Any, bitstreams: list[bytes], requests: int, workers: int) -> dict[str, float]:
+    """Parse + decode + tail + result encoding of ``requests`` bitstreams on ``workers`` threads."""
+    from splitfc.common.bitstream import decode_features, parse_bitstream
+    from splitfc.common.wire import task_result_to_proto
+
+    def work(i: int) -> float:
+        t = time.perf_counter()
+        msg = parse_bitstream(bitstreams[i % len(bitstreams)])
+        task_result_to_proto(model.tail(decode_features(msg)))
+        return time.perf_counter() - t
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(work, range(min(4, requests))))  # warm-up
+        t0 = time.perf_counter()
+        lat = list(pool.map(work, range(requests)))
+        wall = time.perf_counter() - t0
+    return {
+        "throughput_rps": requests / wall, "wall_s": wall,
+        "latency_ms_p50": _percentile(lat, 50) * 1e3, "latency_ms_p99": _percentile(lat, 99) * 1e3,
+    }
+
+
+async def served_throughput(target: str, bitstreams: list[bytes], requests: int, concurrency: int) -> dict[str, Any]:
+    """``requests`` unary calls with ``concurrency`` in flight; throughput and latency percentiles."""
+    from splitfc.edge.client import EdgeClient
+    from splitfc.edge.settings import EdgeSettings
+
+    settings = EdgeSettings(retries=0, deadline_s=120.0)
+    async with EdgeClient(target, settings) as client:
+        await client.wait_ready(120)
+        for i in range(min(4, requests)):  # warm-up
+            await client.infer(uuid.uuid4().hex, bitstreams[i % len(bitstreams)])
+        sem = asyncio.Semaphore(concurrency)
+        lat: list[float] = []
+        server_ms: list[float] = []
+        errors: dict[str, int] = {}
+
+        async def one(i: int) -> None:
+            async with sem:
+                t = time.perf_counter()
+                res = await client.infer(uuid.uuid4().hex, bitstreams[i % len(bitstreams)])
+                if res.response is None:
+                    errors[res.code.name] = errors.get(res.code.name, 0) + 1
+                    return
+                lat.append(time.perf_counter() - t)
+                server_ms.append(res.response.timing.total_ms)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(requests)))
+        wall = time.perf_counter() - t0
+    return {
+        "concurrency": concurrency, "requests": requests, "ok": len(lat), "errors": errors,
+        "throughput_rps": len(lat) / wall, "wall_s": wall,
+        "latency_ms_p50": _percentile(lat, 50) * 1e3 if lat else None,
+        "latency_ms_p99": _percentile(lat, 99) * 1e3 if lat else None,
+        "server_total_ms_p50": _percentile(server_ms, 50) if server_ms else None,
+    }
+
+
+def cmd_bench_serving(args: argparse.Namespace) -> int:
+    import torch
+
+    from splitfc.cloud.settings import CloudSettings
+    from splitfc.common.bitstream import encode_features
+    from splitfc.common.errors import SplitfcError
+    from splitfc.common.models import get_split_model, tiny_samples
+
+    try:
+        levels = [int(x) for x in args.concurrency.split(",") if x.strip()]
+    except ValueError:
+        raise SplitfcError(f"--concurrency takes comma-separated integers, got {args.concurrency!r}") from None
+    if not levels or min(levels) < 1 or args.requests < 1 or args.samples < 1:
+        raise SplitfcError("--concurrency levels, --requests and --samples must be >= 1")
+    cloud_defaults = CloudSettings()
+    workers = args.workers or cloud_defaults.max_concurrency
+    torch.set_num_threads(cloud_defaults.torch_threads)
+
+    print(f"bench-serving: preparing {args.samples} {args.split} bitstreams ({args.codec})", file=sys.stderr)
+    model = get_split_model(args.split, preset="tiny")
+    bitstreams = [
+        encode_features(model.head(s.inputs), args.split, args.codec, args.qp).SerializeToString()
+        for s in tiny_samples(args.split, args.samples)
+    ]
+    print("bench-serving: in-process decode+tail loop", file=sys.stderr)
+    baseline = in_process_throughput(model, bitstreams, args.requests, workers)
+
+    settings = CloudSettings(
+        grpc_port=_free_port(), http_port=_free_port(), splits=args.split, max_concurrency=workers,
+        max_queue=max(64, max(levels)), log_requests=False,
+    )
+    proc: subprocess.Popen[bytes] | None = None
+    thread = None
+    if args.in_process_server:
+        from splitfc.cloud.server import ServerThread
+
+        thread = ServerThread(settings)
+        target = thread.start().grpc_target
+    else:
+        env = dict(os.environ)
+        env.update({
+            "SPLITFC_CLOUD_MAX_CONCURRENCY": str(workers), "SPLITFC_CLOUD_MAX_QUEUE": str(settings.max_queue),
+            "SPLITFC_CLOUD_LOG_REQUESTS": "false",
+        })
+        cmd = [
+            sys.executable, "-m", "splitfc", "cloud", "serve", "--host", "127.0.0.1",
+            "--grpc-port", str(settings.grpc_port), "--http-port", str(settings.http_port), "--splits", args.split,
+        ]
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        target = f"127.0.0.1:{settings.grpc_port}"
+    served = []
+    try:
+        for level in levels:
+            print(f"bench-serving: served, concurrency {level}", file=sys.stderr)
+            served.append(asyncio.run(served_throughput(target, bitstreams, args.requests, level)))
+    except Exception:
+        if proc is not None and proc.poll() is not None and proc.stderr is not None:
+            sys.stderr.write(proc.stderr.read().decode(errors="replace"))
+        raise
+    finally:
+        if thread is not None:
+            thread.stop()
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    for row in served:
+        row["overhead_ratio"] = baseline["throughput_rps"] / row["throughput_rps"] if row["throughput_rps"] else None
+    result = {
+        "split": args.split, "codec": args.codec, "qp": args.qp, "preset": "tiny",
+        "bitstream_bytes": sum(map(len, bitstreams)) // len(bitstreams), "workers": workers,
+        "torch_threads": cloud_defaults.torch_threads, "cpus": os.cpu_count(),
+        "server": "in-process thread" if args.in_process_server else "subprocess",
+        "in_process": baseline, "served": served,
+    }
+    print(format_bench(result))
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def format_bench(result: dict[str, Any]) -> str:
+    b = result["in_process"]
+    lines = [
+        f"split {result['split']}  codec {result['codec']}  bitstream {result['bitstream_bytes']} B  "
+        f"workers {result['workers']} x {result['torch_threads']} torch threads  server: {result['server']}",
+        f"{'mode':<22} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'overhead':>9}",
+        f"{'in-process loop':<22} {b['throughput_rps']:>8.1f} {b['latency_ms_p50']:>8.2f} {b['latency_ms_p99']:>8.2f} "
+        f"{'1.00':>9}",
+    ]
+    for r in result["served"]:
+        err = f"  errors {r['errors']}" if r["errors"] else ""
+        p50 = "-" if r["latency_ms_p50"] is None else f"{r['latency_ms_p50']:.2f}"
+        p99 = "-" if r["latency_ms_p99"] is None else f"{r['latency_ms_p99']:.2f}"
+        ratio = "-" if r["overhead_ratio"] is None else f"{r['overhead_ratio']:.2f}"
+        lines.append(
+            f"{'gRPC, concurrency ' + str(r['concurrency']):<22} {r['throughput_rps']:>8.1f} {p50:>8} {p99:>8} "
+            f"{ratio:>9}{err}"
+        )
+    return "\n".join(lines)
