@@ -1,0 +1,101 @@
+"""Where the benchmark's features come from: extracted here, or read from a folder.
+
+Two folder layouts are read:
+
+* ``splitfc extract`` output: ``DIR/<split-id>/*.npy`` (a ``manifest.json`` beside
+  them is optional), e.g. ``DIR/dinov2-cls/0000.npy``;
+* the paper's dataset (LaMoFC / FCM-LM): ``DIR/<model>/<task>/feature_test/*.npy``,
+  e.g. ``DIR/dinov2/cls/feature_test/*.npy``, ``DIR/llama3/csr/feature_test``.
+
+Samples are the ``.npy`` files sorted by name; the first ``n`` are used.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from splitfc.common.bench.cache import atomic_write_bytes, file_sha256, safe_name
+from splitfc.common.errors import SplitfcError
+from splitfc.common.specs import get_split
+
+
+@dataclass(frozen=True)
+class FeatureFile:
+    """One sample's feature tensor on disk."""
+
+    split: str
+    sample: str
+    path: Path
+    sha256: str
+
+
+def find_feature_dir(root: Path, split_id: str) -> Path | None:
+    """The folder of a split's ``.npy`` files under ``root`` in either layout, or None."""
+    spec = get_split(split_id)
+    for candidate in (root / split_id, root / spec.family / spec.task / "feature_test"):
+        if candidate.is_dir() and any(candidate.glob("*.npy")):
+            return candidate
+    return None
+
+
+def read_feature_dir(root: Path, split_id: str, n: int) -> list[FeatureFile]:
+    """The first ``n`` feature files of a split under ``root``; errors name both layouts."""
+    if not root.is_dir():
+        raise SplitfcError(f"features folder not found: {root}")
+    folder = find_feature_dir(root, split_id)
+    if folder is None:
+        spec = get_split(split_id)
+        raise SplitfcError(
+            f"no .npy features for {split_id} under {root} "
+            f"(looked in {split_id}/ and {spec.family}/{spec.task}/feature_test/)"
+        )
+    files = sorted(folder.glob("*.npy"))[:n]
+    return [FeatureFile(split_id, p.stem, p, file_sha256(p)) for p in files]
+
+
+def extract_features(out_dir: Path, split_id: str, preset: str, n: int) -> list[FeatureFile]:
+    """Run the split model's head on ``n`` tiny samples; write ``<sample>.npy`` + manifest.json.
+
+    Files already there from an earlier run of the same (split, preset) are reused
+    unchanged, so a resumed benchmark sees the same feature hashes.
+    """
+    from splitfc.common.bench import task
+
+    folder = out_dir / split_id
+    manifest_path = folder / "manifest.json"
+    manifest: dict[str, object] = {}
+    if manifest_path.exists():
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except ValueError:
+            manifest = {}
+    entries: dict[str, str] = dict(manifest.get("samples", {})) if manifest.get("preset") == preset else {}  # type: ignore[arg-type]
+    if preset != "tiny":
+        raise SplitfcError(
+            f"the {preset} preset has no built-in samples here: extract features with the real data and pass "
+            f"--features DIR"
+        )
+    samples = task.samples(split_id, n)
+    model = None
+    result: list[FeatureFile] = []
+    for sample in samples:
+        name = safe_name(str(sample.id))
+        path = folder / f"{name}.npy"
+        if not (path.exists() and entries.get(name) == path.name):
+            if model is None:
+                model = task.split_model(split_id, preset)
+            features = np.ascontiguousarray(model.head(sample.inputs))
+            import io
+
+            buf = io.BytesIO()
+            np.save(buf, features, allow_pickle=False)
+            atomic_write_bytes(path, buf.getvalue())
+            entries[name] = path.name
+        result.append(FeatureFile(split_id, name, path, file_sha256(path)))
+    manifest = {"split": split_id, "preset": preset, "samples": entries}
+    atomic_write_bytes(manifest_path, json.dumps(manifest, indent=1).encode())
+    return result

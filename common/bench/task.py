@@ -1,0 +1,63 @@
+"""The benchmark's only contact with models and metrics.
+
+Models come from ``splitfc.common.models`` (`get_split_model`, `tiny_samples`)
+and scores from ``splitfc.common.metrics``; this module turns `TaskOutput`
+objects into JSON fields plus arrays for the cache and back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import cache
+from typing import Any
+
+import numpy as np
+
+from splitfc.common.models.base import SplitModel, TaskOutput
+
+_ARRAY_FIELDS = ("probs", "mask", "depth", "image")
+
+
+@cache
+def split_model(split_id: str, preset: str) -> SplitModel:
+    """The split model of a preset, built once per process."""
+    from splitfc.common.models import get_split_model
+
+    return get_split_model(split_id, preset)
+
+
+def samples(split_id: str, n: int) -> list[Any]:
+    """``n`` task inputs of the tiny preset (offline, deterministic)."""
+    from splitfc.common.models import tiny_samples
+
+    return list(tiny_samples(split_id, n))
+
+
+def output_to_cache(out: TaskOutput) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """JSON-able scalars and arrays of a task output."""
+    fields: dict[str, Any] = {"task": out.task, "label": out.label, "choices": list(out.choices)}
+    arrays = {name: np.asarray(getattr(out, name)) for name in _ARRAY_FIELDS if getattr(out, name) is not None}
+    return fields, arrays
+
+
+def output_from_cache(fields: dict[str, Any], arrays: dict[str, np.ndarray]) -> TaskOutput:
+    """Inverse of `output_to_cache`."""
+    return TaskOutput(
+        task=fields["task"], label=fields.get("label"), choices=list(fields.get("choices") or []),
+        **{name: arrays.get(name) for name in _ARRAY_FIELDS},
+    )
+
+
+def score(split_id: str, outputs: Sequence[TaskOutput], references: Sequence[TaskOutput]) -> float:
+    """The split's task metric of ``outputs`` against the reference outputs (paper Table 2)."""
+    from splitfc.common.metrics import score_outputs
+
+    return float(score_outputs(split_id, list(outputs), list(references)))
+
+
+def metric_info(split_id: str) -> tuple[str, bool]:
+    """(metric name as reported, higher is better) for a split."""
+    from splitfc.common.metrics import metric_for
+
+    info = metric_for(split_id)
+    return info.name, info.higher_is_better
