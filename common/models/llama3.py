@@ -1,0 +1,153 @@
+"""Llama 3 split at the output of the last decoder layer (CSR, ARC-Challenge style).
+
+* ``head``: a multiple-choice question -> the prompt
+  ``"Question: ...\\nA. ...\\nB. ...\\nAnswer:"`` -> tokens (BOS first) -> embeddings and
+  all decoder layers -> the last layer's output ``(tokens, channels)``, before the final norm.
+* ``tail``: final RMSNorm + LM head on the last token -> softmax over the logits of the
+  answer letters (`` A``, `` B``, ...). Without ``num_choices`` the letters are A-E (ARC's
+  largest choice count); ``label`` is the index of the most likely letter.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from splitfc.common.errors import SplitfcError
+from splitfc.common.models._common import load_pretrained, setup_torch, torch_dtype
+from splitfc.common.models.base import MultipleChoice, SplitModel, TaskOutput, check_features
+from splitfc.common.specs import SplitSpec, get_split
+
+HUB_ID = "meta-llama/Meta-Llama-3-8B"
+LETTERS = ("A", "B", "C", "D", "E")
+TINY_SEED = 20240602
+
+
+def tiny_config(vocab_size: int) -> Any:
+    """Llama 3's architecture (GQA, SwiGLU, RMSNorm, RoPE theta 5e5) at hidden 128, 4 layers."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=128,
+        intermediate_size=448,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        rope_theta=500000.0,
+        rms_norm_eps=1e-5,
+        initializer_range=0.07,
+        tie_word_embeddings=False,
+        bos_token_id=0,
+        eos_token_id=1,
+    )
+
+
+def format_prompt(question: MultipleChoice) -> str:
+    """The ARC prompt: question, lettered choices, ``Answer:``."""
+    lines = [f"Question: {question.question}"]
+    lines += [f"{letter}. {text}" for letter, text in zip(question.letters(), question.choices, strict=True)]
+    lines.append("Answer:")
+    return "\n".join(lines)
+
+
+def as_question(inputs: Any) -> MultipleChoice:
+    """A `MultipleChoice` from itself or a dict with ``question`` and ``choices``."""
+    if isinstance(inputs, MultipleChoice):
+        return inputs
+    if isinstance(inputs, dict) and "question" in inputs and "choices" in inputs:
+        return MultipleChoice(str(inputs["question"]), tuple(str(c) for c in inputs["choices"]),
+                              tuple(str(c) for c in inputs.get("labels", ())))
+    raise SplitfcError(
+        f"llama3-csr expects a multiple-choice question (question + choices), got {type(inputs).__name__}"
+    )
+
+
+class Llama3Split(SplitModel):
+    """Llama 3 cut after its last decoder layer, with the multiple-choice answer head."""
+
+    def __init__(self, spec: SplitSpec, preset: str, model: Any, tokenizer: Any) -> None:
+        setup_torch()
+        self.spec = spec
+        self.preset = preset
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.channels = int(model.config.hidden_size)
+        self.letter_ids = tuple(self._letter_id(letter) for letter in LETTERS)
+
+    def _letter_id(self, letter: str) -> int:
+        ids = self.tokenizer.encode(f" {letter}", add_special_tokens=False)
+        if not ids:
+            raise SplitfcError(f"tokenizer cannot encode the answer letter {letter!r}")
+        return int(ids[-1])
+
+    def expected_shape(self) -> tuple[int | None, ...]:
+        return (None, self.channels)
+
+    def tokenize(self, inputs: Any) -> Any:
+        question = as_question(inputs)
+        if len(question.choices) > len(LETTERS):
+            raise SplitfcError(f"at most {len(LETTERS)} choices, got {len(question.choices)}")
+        return self.tokenizer(format_prompt(question), return_tensors="pt").input_ids
+
+    def head(self, inputs: Any) -> np.ndarray:
+        import torch
+
+        captured: list[Any] = []
+        hook = self.model.model.layers[-1].register_forward_hook(
+            lambda _m, _i, out: captured.append(out[0] if isinstance(out, tuple) else out)
+        )
+        try:
+            with torch.no_grad():
+                self.model.model(input_ids=self.tokenize(inputs), use_cache=False)
+        finally:
+            hook.remove()
+        return np.ascontiguousarray(captured[-1][0].float().numpy())
+
+    def tail(self, features: np.ndarray, num_choices: int | None = None) -> TaskOutput:
+        import torch
+
+        x = check_features(features, self.spec, self.expected_shape(), self.preset)
+        with torch.no_grad():
+            hidden = torch.from_numpy(x[-1:]).to(self.model.dtype)[None]
+            logits = self.model.lm_head(self.model.model.norm(hidden))[0, -1]
+        return self._answer(logits, num_choices)
+
+    def forward_unsplit(self, inputs: Any, num_choices: int | None = None) -> TaskOutput:
+        import torch
+
+        with torch.no_grad():
+            logits = self.model(input_ids=self.tokenize(inputs), use_cache=False).logits[0, -1]
+        return self._answer(logits, num_choices)
+
+    def _answer(self, logits: Any, num_choices: int | None) -> TaskOutput:
+        import torch
+
+        n = len(LETTERS) if num_choices is None else num_choices
+        if not 1 <= n <= len(LETTERS):
+            raise SplitfcError(f"num_choices must be 1..{len(LETTERS)}, got {num_choices}")
+        letter_logits = logits[list(self.letter_ids[:n])].float()
+        probs = torch.softmax(letter_logits, dim=-1).numpy()
+        return TaskOutput(task="csr", label=int(np.argmax(probs)), probs=probs, choices=list(LETTERS[:n]))
+
+
+def build(split_id: str, preset: str, source: str | os.PathLike | None = None) -> Llama3Split:
+    """``tiny``: seeded random `LlamaForCausalLM` + offline BPE tokenizer; ``paper``: Llama-3-8B."""
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    spec = get_split(split_id)
+    if preset == "tiny":
+        from splitfc.common.models.tiny_tokenizers import llama_tokenizer
+
+        tokenizer = llama_tokenizer()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(TINY_SEED)
+            model = LlamaForCausalLM(tiny_config(len(tokenizer)))
+        return Llama3Split(spec, preset, model, tokenizer)
+    tokenizer = load_pretrained(AutoTokenizer, HUB_ID, source)
+    model = load_pretrained(LlamaForCausalLM, HUB_ID, source, dtype=torch_dtype())
+    return Llama3Split(spec, preset, model, tokenizer)
