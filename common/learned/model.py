@@ -17,6 +17,7 @@ the checkpoint instead of being rebuilt from floats at load time.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -65,8 +66,10 @@ def deterministic_cpu() -> Iterator[None]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with torch.backends.mkldnn.flags(enabled=False), torch.no_grad():
-            yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="TF32 acceleration")
+            with torch.backends.mkldnn.flags(enabled=False), torch.no_grad():
+                yield
     finally:
         torch.set_num_threads(threads)
 
