@@ -120,15 +120,15 @@ class _ArgmaxModel:
         return TaskOutput(task="cls", label=int(np.argmax(means)), probs=means.astype(np.float32))
 
 
-def _accuracy(split: str, outputs: list[TaskOutput], refs: list[TaskOutput]) -> float:
-    return 100.0 * float(np.mean([o.label == r.label for o, r in zip(outputs, refs, strict=True)]))
+def _accuracy(split: str, outputs: list[TaskOutput], refs: list[TaskOutput]) -> task.Score:
+    value = 100.0 * float(np.mean([o.label == r.label for o, r in zip(outputs, refs, strict=True)]))
+    return task.Score(value, "Accuracy", True)
 
 
 @pytest.fixture
 def fake_task(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(task, "split_model", lambda split, preset: _ArgmaxModel())
     monkeypatch.setattr(task, "score", _accuracy)
-    monkeypatch.setattr(task, "metric_info", lambda split: ("Accuracy", True))
 
 
 def _features(root: Path, n: int = 3) -> Path:
@@ -246,3 +246,64 @@ def test_no_stray_environment_reads() -> None:
     src = Path(__file__).parents[1] / "common" / "bench"
     assert all("os.environ" not in p.read_text() for p in src.glob("*.py"))
     assert os.sep  # keep the os import meaningful on all platforms
+
+
+# ----------------------------------------------------------------------------- real tiny models
+
+
+def test_end_to_end_tiny_models_in_worker_processes(tmp_path: Path) -> None:
+    """raw + hevc on the tiny DINOv2 Cls model, 2 samples, two spawned workers."""
+    pytest.importorskip("imageio_ffmpeg")
+    config = BenchConfig(splits=["dinov2-cls"], codecs=["raw", "hevc"], output=tmp_path / "out", samples=2,
+                         jobs=2, qps=[27, 42], plots=False, progress=False)
+    summary = run_bench(config)
+    assert (summary.computed, summary.cached, summary.failed) == (2 + 2 * 3, 0, [])
+    results = json.loads((config.output / "results.json").read_text())
+    pts = {(p["codec"], p["rate"]): p for p in results["points"]}
+    assert pts[("original", 0)]["metric"] == 100.0 and pts[("original", 0)]["metric_name"] == "top-1 accuracy"
+    assert pts[("raw", 0)]["metric"] == 100.0 and pts[("raw", 0)]["feature_mse"] == 0.0
+    assert pts[("hevc", 27)]["bpfp"] > pts[("hevc", 42)]["bpfp"] > 0
+    assert pts[("hevc", 42)]["peak_rss_mb"] > 0 and pts[("hevc", 42)]["encode_ms"] > 0
+    pids = {s["worker_pid"] for s in results["samples"] if s["codec"] == "hevc"}
+    assert os.getpid() not in pids  # codec points ran in worker processes
+    features = sorted((config.output / "features" / "dinov2-cls").glob("*.npy"))
+    assert len(features) == 2
+    again = run_bench(config)
+    assert (again.computed, again.cached) == (0, 8)
+
+
+def test_killed_cli_run_resumes_without_recomputing(tmp_path: Path) -> None:
+    """SIGKILL a real ``splitfc bench`` half-way; the same command then computes only the rest."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pytest.importorskip("imageio_ffmpeg")
+    out = tmp_path / "out"
+    args = ["--splits", "dinov2-cls", "--codecs", "hevc", "--samples", "4", "--no-plots", "--quiet", "-o", str(out)]
+    proc = subprocess.Popen([sys.executable, "-m", "splitfc", "bench", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    codec_dir = out / "cache" / "dinov2-cls" / "hevc"
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if codec_dir.exists() and len(list(codec_dir.rglob("*.json"))) >= 3:
+                break
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    done_before = {str(p): p.read_bytes() for p in codec_dir.rglob("*.json")}
+    assert 3 <= len(done_before) < 20, "the run was not killed half-way"
+    computed: list[dict[str, Any]] = []
+    config = BenchConfig(splits=["dinov2-cls"], codecs=["hevc"], output=out, samples=4, plots=False,
+                         progress=False, on_point=computed.append)
+    summary = run_bench(config)
+    assert summary.failed == []
+    assert summary.total_points == 4 + 20
+    assert summary.computed == 20 - len(done_before)
+    assert summary.cached == 4 + len(done_before)
+    for path, data in done_before.items():
+        assert Path(path).read_bytes() == data
+    assert len(list(codec_dir.rglob("*.json"))) == 20

@@ -36,3 +36,17 @@ def aggregate_records(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     out["encode_ms_total"] = float(sum(r.get("encode_ms") or 0.0 for r in records))
     out["decode_ms_total"] = float(sum(r.get("decode_ms") or 0.0 for r in records))
     return out
+
+
+def group_failures(lines: Sequence[str]) -> dict[tuple[str, str, str], int]:
+    """Failed points (``split codec@rate sample: error`` lines) counted per (split, codec),
+    keyed with the first error seen."""
+    first: dict[tuple[str, str], str] = {}
+    counts: dict[tuple[str, str], int] = {}
+    for line in lines:
+        head, _, error = line.partition(": ")
+        split, codec_rate = ([*head.split(" "), "", ""])[:2]
+        key = (split, codec_rate.split("@")[0])
+        first.setdefault(key, error)
+        counts[key] = counts.get(key, 0) + 1
+    return {(split, codec, first[(split, codec)]): n for (split, codec), n in counts.items()}

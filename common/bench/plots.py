@@ -57,7 +57,8 @@ def plot_rate_accuracy(results: dict[str, Any], out_dir: Path) -> list[Path]:
         ax.set_xlabel("BPFP")
         ax.set_ylabel(name)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(splits):]:
         ax.axis("off")
     fig.suptitle(f"Rate-accuracy ({results['config']['preset']} preset)")
@@ -85,7 +86,8 @@ def plot_rate_accuracy_drop(results: dict[str, Any], out_dir: Path) -> list[Path
         ax.set_xlabel("BPFP")
         ax.set_ylabel("accuracy drop (%)")
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.suptitle("Rate-accuracy-drop (Dpt via 1/RMSE)")
     fig.tight_layout()
     paths = _save(fig, out_dir, "rate_accuracy_drop")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from splitfc.common.bench import task
-from splitfc.common.bench.aggregate import aggregate_records
+from splitfc.common.bench.aggregate import aggregate_records, group_failures
 from splitfc.common.bench.analysis import accuracy_drop, as_quality, r_squared
 from splitfc.common.bench.bdrate import bd_rate
 from splitfc.common.bench.cache import ResultCache, atomic_write_bytes
@@ -41,15 +41,6 @@ SAMPLE_COLUMNS = (
 )
 
 
-def metric_info(split_id: str) -> tuple[str, bool]:
-    """(metric name, higher is better) from the metrics module, else from the split spec."""
-    try:
-        return task.metric_info(split_id)
-    except (ImportError, AttributeError):
-        spec = get_split(split_id)
-        return spec.metric, spec.metric_higher_is_better
-
-
 def _rate_name(codec: str) -> str:
     if codec == ORIGINAL:
         return "none"
@@ -59,8 +50,8 @@ def _rate_name(codec: str) -> str:
 
 
 def score_point(split: str, records: list[dict[str, Any]], refs: dict[str, Any],
-                cache_: ResultCache) -> tuple[float | None, list[float | None]]:
-    """Dataset-level metric of a point and per-sample metrics, against the reference outputs."""
+                cache_: ResultCache) -> tuple[task.Score | None, list[float | None]]:
+    """Dataset-level score of a point and per-sample metric values, against the reference outputs."""
     outputs, references, per_sample = [], [], []
     for rec in records:
         ref = refs.get(rec["sample"])
@@ -70,7 +61,7 @@ def score_point(split: str, records: list[dict[str, Any]], refs: dict[str, Any],
         out = task.output_from_cache(rec["output"], cache_.load_arrays(rec))
         outputs.append(out)
         references.append(ref)
-        per_sample.append(task.score(split, [out], [ref]))
+        per_sample.append(task.score(split, [out], [ref]).value)
     if not outputs:
         return None, per_sample
     return task.score(split, outputs, references), per_sample
@@ -91,8 +82,8 @@ def build_results(config: BenchConfig, cache_: ResultCache, jobs: list[PointJob]
     samples: list[dict[str, Any]] = []
     metrics: dict[str, dict[str, Any]] = {}
     for split in split_order:
-        name, higher = metric_info(split)
-        metrics[split] = {"name": name, "higher_is_better": higher}
+        spec = get_split(split)
+        name, higher = spec.metric, spec.metric_higher_is_better
         ref_records = by_point.get((split, ORIGINAL, 0), [])
         refs = {r["sample"]: task.output_from_cache(r["output"], cache_.load_arrays(r)) for r in ref_records}
         original_metric = None
@@ -100,7 +91,10 @@ def build_results(config: BenchConfig, cache_: ResultCache, jobs: list[PointJob]
             for (s, c, rate), recs in by_point.items():
                 if s != split or c != codec:
                     continue
-                metric, per_sample = score_point(split, recs, refs, cache_)
+                scored, per_sample = score_point(split, recs, refs, cache_)
+                metric = None
+                if scored is not None:
+                    metric, name, higher = scored
                 point = {"split": split, "codec": codec, "rate_name": _rate_name(codec), "rate": rate,
                          "metric_name": name, "metric": metric, **aggregate_records(recs)}
                 if codec == ORIGINAL:
@@ -110,17 +104,20 @@ def build_results(config: BenchConfig, cache_: ResultCache, jobs: list[PointJob]
                     row = {k: v for k, v in rec.items() if k not in ("output", "outputs_file", "key")}
                     row["metric"] = m
                     samples.append(row)
+        metrics[split] = {"name": name, "higher_is_better": higher}
         for p in points:
             if p["split"] == split:
+                p["metric_name"] = name
+                # TTI is left out of R-AD as in the paper (Original FID is 0).
                 p["accuracy_drop"] = (
-                    None if original_metric is None or p["metric"] is None
+                    None if original_metric is None or p["metric"] is None or spec.task == "tti"
                     else accuracy_drop(p["metric"], original_metric, higher)
                 )
     return {
         "config": {
             "splits": split_order, "codecs": codecs, "preset": config.preset,
             "features_dir": str(config.features_dir) if config.features_dir else None,
-            "samples": config.samples, "jobs": config.jobs, "anchor": config.anchor or (codecs[0] if codecs else None),
+            "samples": config.samples, "jobs": config.jobs, "anchor": config.anchor or default_anchor(codecs),
         },
         "metrics": metrics,
         "points": points,
@@ -129,6 +126,14 @@ def build_results(config: BenchConfig, cache_: ResultCache, jobs: list[PointJob]
         "bd_rate": bd_rates(points, codecs, metrics),
         "complexity": complexity(points, codecs),
     }
+
+
+def default_anchor(codecs: list[str]) -> str | None:
+    """The first codec with more than one rate point (a curve), else the first codec."""
+    from splitfc.common.codecs import CODECS
+
+    curves = [c for c in codecs if len(CODECS[c].rates) > 1]
+    return (curves or codecs or [None])[0]
 
 
 def _curve(points: list[dict[str, Any]], split: str, codec: str) -> list[dict[str, Any]]:
@@ -195,7 +200,7 @@ def complexity(points: list[dict[str, Any]], codecs: list[str]) -> dict[str, dic
 # ----------------------------------------------------------------------------- text formats
 
 
-def _fmt(v: Any, kind: str = "g") -> str:
+def _fmt(v: Any, kind: str = "g", metric: str = "") -> str:
     if v is None:
         return "-"
     if isinstance(v, str):
@@ -205,8 +210,12 @@ def _fmt(v: Any, kind: str = "g") -> str:
     if kind == "bpfp":
         return f"{v:.2f}" if v >= 0.995 or v == 0 else f"{v:.3g}"
     if kind == "metric":
-        return f"{v:.2f}"
+        return f"{v:.4f}" if metric == "RMSE" else f"{v:.2f}"
     return f"{v:.4g}"
+
+
+def _label(split: str) -> str:
+    return TASK_LABELS.get(get_split(split).task, split)
 
 
 def _codec_label(codec: str) -> str:
@@ -220,7 +229,7 @@ def table3(results: dict[str, Any]) -> str:
     by = {(p["split"], p["codec"], p["rate"]): p for p in results["points"]}
     head = ["Codec", "Rate"]
     for s in splits:
-        label = TASK_LABELS.get(get_split(s).task, s)
+        label = _label(s)
         head += [f"{label} BPFP", f"{label} {results['metrics'][s]['name']}", f"{label} MSE"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (3 * len(splits))]
     for codec in codecs:
@@ -231,7 +240,7 @@ def table3(results: dict[str, Any]) -> str:
             for s in splits:
                 p = by.get((s, codec, rate))
                 row += ["-", "-", "-"] if p is None else [
-                    _fmt(p["bpfp"], "bpfp"), _fmt(p["metric"], "metric"), _fmt(p["feature_mse"])]
+                    _fmt(p["bpfp"], "bpfp"), _fmt(p["metric"], "metric", p["metric_name"]), _fmt(p["feature_mse"])]
             lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -247,7 +256,7 @@ def markdown_report(results: dict[str, Any]) -> str:
         "Task metric against the tail output on the uncompressed features (the Original row); "
         "MSE between original and reconstructed features.", "", table3(results), "",
         "## Accuracy drop, % (paper Fig. 5; Dpt via 1/RMSE)", "",
-        "| Codec | Rate | " + " | ".join(f"{s} BPFP | {s} AD" for s in splits) + " |",
+        "| Codec | Rate | " + " | ".join(f"{_label(s)} BPFP | {_label(s)} AD" for s in splits) + " |",
         "|---|---|" + "---:|" * (2 * len(splits)),
     ]
     by = {(p["split"], p["codec"], p["rate"]): p for p in results["points"]}
@@ -259,12 +268,12 @@ def markdown_report(results: dict[str, Any]) -> str:
                 row += ["-", "-"] if p is None else [_fmt(p["bpfp"], "bpfp"), _fmt(p.get("accuracy_drop"), "metric")]
             out.append("| " + " | ".join(row) + " |")
     out += ["", "## Distortion-accuracy R² (paper Table 5)", "",
-            "| Codec | " + " | ".join(splits) + " |", "|---|" + "---:|" * len(splits)]
+            "| Codec | " + " | ".join(map(_label, splits)) + " |", "|---|" + "---:|" * len(splits)]
     for codec in codecs:
         out.append(f"| {codec} | " + " | ".join(_fmt(results["r2"].get(s, {}).get(codec)) for s in splits) + " |")
     anchor = cfg["anchor"]
     out += ["", f"## BD-rate vs {anchor} (BPFP at equal task quality, %; negative = fewer bits)", "",
-            "| Test codec | " + " | ".join(splits) + " |", "|---|" + "---:|" * len(splits)]
+            "| Test codec | " + " | ".join(map(_label, splits)) + " |", "|---|" + "---:|" * len(splits)]
     bd = {(e["split"], e["anchor"], e["test"]): e for e in results["bd_rate"]}
     notes: list[str] = []
     for codec in codecs:
@@ -291,7 +300,8 @@ def markdown_report(results: dict[str, Any]) -> str:
     if skipped or summ.get("failed"):
         out += ["", "## Skipped and failed", ""]
         out += [f"- {k}: {v}" for k, v in skipped.items()]
-        out += [f"- failed: {f}" for f in summ.get("failed", [])]
+        out += [f"- failed: {codec} on {split}, {n} point(s): {error}"
+                for (split, codec, error), n in group_failures(summ.get("failed", [])).items()]
     return "\n".join(out) + "\n"
 
 

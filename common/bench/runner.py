@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 
 from splitfc.common.bench import task
-from splitfc.common.bench.cache import ResultCache, point_key
+from splitfc.common.bench.aggregate import group_failures
+from splitfc.common.bench.cache import ResultCache, file_sha256, point_key
 from splitfc.common.bench.features import FeatureFile, extract_features, read_feature_dir
 from splitfc.common.bench.memory import measure_peak
 from splitfc.common.errors import SplitfcError, UnknownNameError
@@ -89,6 +90,7 @@ class BenchSummary:
     computed: int = 0
     cached: int = 0
     failed: list[str] = field(default_factory=list)
+    """One line per failed point: ``split codec@rate sample: error``."""
     skipped_codecs: dict[str, str] = field(default_factory=dict)
     skipped_splits: dict[str, str] = field(default_factory=dict)
     wall_s: float = 0.0
@@ -103,12 +105,14 @@ class BenchSummary:
             lines.append(f"  skipped codec {name}: {why}")
         for name, why in self.skipped_splits.items():
             lines.append(f"  skipped split {name}: {why}")
-        for what in self.failed[:20]:
-            lines.append(f"  failed: {what}")
-        if len(self.failed) > 20:
-            lines.append(f"  ... and {len(self.failed) - 20} more failures")
+        for (split, codec, error), count in self.failure_groups().items():
+            lines.append(f"  failed: {codec} on {split}, {count} point(s): {error}")
         lines.extend(f"  wrote {f}" for f in self.files)
         return "\n".join(lines)
+
+    def failure_groups(self) -> dict[tuple[str, str, str], int]:
+        """Failed points counted by (split, codec, error message)."""
+        return group_failures(self.failed)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -152,6 +156,32 @@ def models_identity() -> str:
     return _sha_of_files(list(root.rglob("*.py")))
 
 
+@cache
+def _file_token(path: Path) -> str | None:
+    return file_sha256(path) if path.is_file() else None
+
+
+def codec_point_token(codec: str, split: str, rate: int) -> str | None:
+    """What else a codec's result at (split, rate) depends on: a ``cache_token(split, rate)``
+    classmethod if the codec has one, else the weights of a learned codec whose module
+    defines ``checkpoint_path(split, rate)`` (the hyperprior), else nothing."""
+    import importlib
+
+    from splitfc.common.codecs import CODECS
+
+    cls = CODECS[codec]
+    token = getattr(cls, "cache_token", None)
+    if callable(token):
+        return str(token(split, rate))
+    locate = getattr(importlib.import_module(cls.__module__), "checkpoint_path", None)
+    if callable(locate):
+        try:
+            return _file_token(Path(locate(split, rate)))
+        except (SplitfcError, ValueError, OSError):
+            return None
+    return None
+
+
 def point_key_for(split: str, codec: str, rate: int, sample: str, feature_sha: str, preset: str) -> str:
     fields: dict[str, Any] = {
         "split": split, "codec": codec, "rate": rate, "sample": sample, "features": feature_sha,
@@ -159,6 +189,7 @@ def point_key_for(split: str, codec: str, rate: int, sample: str, feature_sha: s
     }
     if codec != ORIGINAL:
         fields["codec_identity"] = codec_identity(codec)
+        fields["codec_point"] = codec_point_token(codec, split, rate)
     return point_key(fields)
 
 

@@ -9,13 +9,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import cache
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from splitfc.common.models.base import SplitModel, TaskOutput
 
 _ARRAY_FIELDS = ("probs", "mask", "depth", "image")
+
+
+class Score(NamedTuple):
+    """A task metric value with its name and direction."""
+
+    value: float
+    metric: str
+    higher_is_better: bool
 
 
 @cache
@@ -48,16 +56,9 @@ def output_from_cache(fields: dict[str, Any], arrays: dict[str, np.ndarray]) -> 
     )
 
 
-def score(split_id: str, outputs: Sequence[TaskOutput], references: Sequence[TaskOutput]) -> float:
+def score(split_id: str, outputs: Sequence[TaskOutput], references: Sequence[TaskOutput]) -> Score:
     """The split's task metric of ``outputs`` against the reference outputs (paper Table 2)."""
     from splitfc.common.metrics import score_outputs
 
-    return float(score_outputs(split_id, list(outputs), list(references)))
-
-
-def metric_info(split_id: str) -> tuple[str, bool]:
-    """(metric name as reported, higher is better) for a split."""
-    from splitfc.common.metrics import metric_for
-
-    info = metric_for(split_id)
-    return info.name, info.higher_is_better
+    result = score_outputs(split_id, list(outputs), list(references))
+    return Score(float(result["value"]), str(result["metric"]), bool(result["higher_is_better"]))
