@@ -5,15 +5,17 @@ call (`EdgeClient.infer`), then the task result is decoded. Up to
 ``concurrency`` requests are in flight. The report has one record per request
 (a result or an explicit error) and a summary: BPFP, payload and wire bytes,
 head/encode/network/server/total latency percentiles, and the split's task
-metric against ground truth or, where a sample has none, against the
+metric against ground truth or, unless every sample has it, against the
 uncompressed reference (the unsplit model run locally once, cached on disk).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -88,21 +90,6 @@ def percentiles(values: Sequence[float]) -> dict[str, float | None]:
     }
 
 
-def target_as_output(task: str, target: Any) -> TaskOutput:
-    """A sample's ground truth in the shape of a task output, for scoring."""
-    if isinstance(target, TaskOutput):
-        return target
-    if task in ("cls", "csr"):
-        return TaskOutput(task=task, label=int(target))
-    if task == "seg":
-        return TaskOutput(task=task, mask=np.asarray(target))
-    if task == "dpt":
-        return TaskOutput(task=task, depth=np.asarray(target, dtype=np.float32))
-    if task == "tti":
-        return TaskOutput(task=task, image=np.asarray(target))
-    raise SplitfcError(f"unknown task {task!r}")
-
-
 def prediction_summary(out: TaskOutput) -> Any:
     if out.task == "cls":
         return {"label": out.label}
@@ -113,17 +100,21 @@ def prediction_summary(out: TaskOutput) -> Any:
 
 
 class ReferenceCache:
-    """Uncompressed reference outputs (``forward_unsplit``), computed once and kept as .npz files."""
+    """Uncompressed reference outputs (``forward_unsplit``), computed once and kept as .npz files.
+
+    The key is the sample id plus a digest of the head's features, so a changed model or input
+    misses the cache instead of reading a stale reference.
+    """
 
     def __init__(self, root: Path, preset: str, split: str) -> None:
         self.dir = Path(root) / f"v{__version__}" / preset / split
 
-    def _path(self, sample_id: str) -> Path:
+    def path(self, sample_id: str, digest: str) -> Path:
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in sample_id)
-        return self.dir / f"{safe}.npz"
+        return self.dir / f"{safe}-{digest}.npz"
 
-    def get(self, sample_id: str) -> TaskOutput | None:
-        path = self._path(sample_id)
+    def get(self, sample_id: str, digest: str) -> TaskOutput | None:
+        path = self.path(sample_id, digest)
         if not path.is_file():
             return None
         try:
@@ -134,23 +125,24 @@ class ReferenceCache:
             return None
         return TaskOutput(task=meta["task"], label=meta["label"], choices=meta["choices"], **arrays)
 
-    def put(self, sample_id: str, out: TaskOutput) -> None:
+    def put(self, sample_id: str, digest: str, out: TaskOutput) -> None:
         meta = json.dumps({"task": out.task, "label": out.label, "choices": list(out.choices)})
         arrays = {k: np.asarray(getattr(out, k)) for k in _ARRAY_FIELDS if getattr(out, k) is not None}
+        path = self.path(sample_id, digest)
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-            tmp = self._path(sample_id).with_suffix(".tmp.npz")
+            tmp = path.with_name(f"{path.stem}.{uuid.uuid4().hex[:8]}.tmp.npz")
             np.savez(tmp, meta=np.asarray(meta), **arrays)
-            tmp.replace(self._path(sample_id))
+            tmp.replace(path)
         except OSError:
             pass  # a read-only cache only costs recomputation
 
-    def reference(self, model: SplitModel, sample: Sample) -> TaskOutput:
-        cached = self.get(sample.id)
+    def reference(self, model: SplitModel, sample: Sample, digest: str) -> TaskOutput:
+        cached = self.get(sample.id, digest)
         if cached is not None:
             return cached
         out = model.forward_unsplit(sample.inputs)
-        self.put(sample.id, out)
+        self.put(sample.id, digest, out)
         return out
 
 
@@ -173,21 +165,16 @@ def load_model_and_samples(config: EdgeRunConfig) -> tuple[SplitModel, list[Samp
     return model, samples
 
 
-def score(split: str, outputs: list[TaskOutput], references: list[TaskOutput]) -> float:
+def score(split: str, outputs: list[TaskOutput], references: list[Any]) -> dict[str, Any]:
+    """`splitfc.common.metrics.score_outputs`, with a failure (e.g. FID unavailable) as ``error``."""
     from splitfc.common.metrics import score_outputs
 
-    return float(score_outputs(split, outputs, references))
-
-
-def metric_name(split: str) -> tuple[str, bool]:
     try:
-        from splitfc.common.metrics import metric_for
-
-        info = metric_for(split)
-        return info.name, info.higher_is_better
-    except ImportError:
+        return dict(score_outputs(split, outputs, references))
+    except (SplitfcError, ValueError) as exc:
         spec = get_split(split)
-        return spec.metric, spec.metric_higher_is_better
+        return {"metric": spec.metric, "value": None, "higher_is_better": spec.metric_higher_is_better,
+                "samples": len(outputs), "error": str(exc)}
 
 
 async def run_edge(
@@ -215,23 +202,29 @@ async def run_edge(
     loop = asyncio.get_running_loop()
     sem = asyncio.Semaphore(config.concurrency)
     outputs: dict[int, TaskOutput] = {}
+    digests: dict[int, str] = {}
+    head_lock = threading.Lock()
 
-    def head_and_encode(sample: Sample) -> tuple[bytes, dict[str, Any], float, float]:
+    def head_and_encode(index: int, sample: Sample) -> tuple[bytes, dict[str, Any], float, float]:
         t0 = time.perf_counter()
-        features = model.head(sample.inputs)
+        with head_lock:  # models need not be thread-safe (e.g. a diffusion scheduler's step counter)
+            features = model.head(sample.inputs)
         t1 = time.perf_counter()
         msg = encode_features(features, spec, codec, config.qp)
         data = msg.SerializeToString()
-        return data, bitstream_stats(msg).as_dict(), t1 - t0, time.perf_counter() - t1
+        t2 = time.perf_counter()
+        digests[index] = hashlib.sha256(np.ascontiguousarray(features).tobytes()).hexdigest()[:16]
+        return data, bitstream_stats(msg).as_dict(), t1 - t0, t2 - t1
 
     async def one(index: int, sample: Sample, client: EdgeClient) -> RequestReport:
         rep = RequestReport(request_id=uuid.uuid4().hex, sample_id=str(sample.id))
         async with sem:
             t0 = time.perf_counter()
             try:
-                data, stats, head_s, enc_s = await loop.run_in_executor(pool, head_and_encode, sample)
-            except SplitfcError as exc:
-                rep.status, rep.error = "ENCODE_ERROR", str(exc)
+                data, stats, head_s, enc_s = await loop.run_in_executor(pool, head_and_encode, index, sample)
+            except Exception as exc:  # any failure of head or codec is this request's error, not the run's
+                rep.status = "ENCODE_ERROR"
+                rep.error = str(exc) if isinstance(exc, SplitfcError) else f"{type(exc).__name__}: {exc}"
                 _log(log, config, rep)
                 return rep
             rep.head_ms, rep.encode_ms = head_s * 1e3, enc_s * 1e3
@@ -270,28 +263,27 @@ async def run_edge(
         pool.shutdown(wait=False)
     wall_s = time.perf_counter() - t_run
 
-    # Accuracy: against ground truth where a sample has one, else against the local unsplit reference.
+    # The task metric: against ground truth when every sample has it, else against the
+    # uncompressed reference (the unsplit model, run here once per input and cached on disk).
+    # ``agreement`` is always the latter: what coding and transport cost in task terms.
     cache = ReferenceCache(settings.cache_dir, config.preset, config.split)
     ok = sorted(outputs)
-    refs: list[TaskOutput] = []
-    kinds: set[str] = set()
-    for i in ok:
-        sample = samples[i]
-        if sample.target is not None:
-            refs.append(target_as_output(spec.task, sample.target))
-            kinds.add("ground_truth")
-        else:
-            refs.append(await asyncio.to_thread(cache.reference, model, sample))
-            kinds.add("uncompressed_reference")
-    name, higher = metric_name(config.split)
-    metric_value = score(config.split, [outputs[i] for i in ok], refs) if ok else None
-    return build_report(config, list(records), wall_s, name, higher, metric_value, sorted(kinds))
+    metric: dict[str, Any] | None = None
+    agreement: dict[str, Any] | None = None
+    if ok:
+        outs = [outputs[i] for i in ok]
+        refs = [await loop.run_in_executor(None, cache.reference, model, samples[i], digests[i]) for i in ok]
+        agreement = score(config.split, outs, refs)
+        targets = [samples[i].target for i in ok]
+        metric = score(config.split, outs, targets) if all(t is not None for t in targets) else agreement
+    return build_report(config, list(records), wall_s, metric, agreement)
 
 
 def build_report(
-    config: EdgeRunConfig, records: list[RequestReport], wall_s: float, metric: str, higher_is_better: bool,
-    metric_value: float | None, against: list[str],
+    config: EdgeRunConfig, records: list[RequestReport], wall_s: float,
+    metric: dict[str, Any] | None, agreement: dict[str, Any] | None,
 ) -> dict[str, Any]:
+    """The JSON report: config, summary (rates, latency percentiles, metric) and every request."""
     good = [r for r in records if r.status == "OK"]
     errors: dict[str, int] = {}
     for r in records:
@@ -316,7 +308,8 @@ def build_report(
         "chunked_requests": sum(1 for r in good if r.chunked),
         "retried_requests": sum(1 for r in records if r.attempts > 1),
         "latency_ms": latency,
-        "metric": {"name": metric, "value": metric_value, "higher_is_better": higher_is_better, "against": against},
+        "metric": metric,
+        "agreement": agreement,
     }
     cfg = asdict(config)
     cfg["data"] = str(config.data) if config.data is not None else None
@@ -350,14 +343,14 @@ def format_summary(report: dict[str, Any]) -> str:
         v = lat[stage][p]
         return "-" if v is None else f"{v:.1f}"
 
-    m = s["metric"]
-    metric = "-" if m["value"] is None else f"{m['value']:.4f}"
+    m = s["metric"] or {"metric": "metric", "value": None, "reference": "-"}
+    metric = "-" if m.get("value") is None else f"{m['value']:.4f}"
     lines = [
         f"split {c['split']}  codec {c['codec']}  qp {c['qp']}  preset {c['preset']}  concurrency {c['concurrency']}",
         f"requests {s['requests']}  ok {s['ok']}  errors {s['errors']} {s['errors_by_status'] or ''}".rstrip(),
         f"BPFP {s['bpfp_mean']:.4f}  payload {s['payload_bytes_mean']:.0f} B  wire {s['wire_bytes_mean']:.0f} B"
         if s["ok"] else "BPFP -",
-        f"{m['name']} {metric} (vs {', '.join(m['against']) or '-'})",
+        f"{m['metric']} {metric} (vs {m.get('reference', '-')})" + (f"  [{m['error']}]" if m.get("error") else ""),
         "latency ms      p50     p95     p99",
     ]
     for stage in LATENCY_STAGES:

@@ -42,28 +42,27 @@ def default_codec() -> tuple[str, int]:
 
 
 def demo_table(rows: list[dict[str, Any]]) -> str:
-    """The demo's table: split, codec, BPFP, task metric, latency, errors."""
+    """The demo's table: split, codec, BPFP, task metric, agreement with the unsplit model, latency."""
     header = (
-        f"{'split':<12} {'codec':<10} {'BPFP':>8} {'metric':<16} {'value':>8} {'vs':<9} "
-        f"{'p50 ms':>8} {'p95 ms':>8} {'ok':>5} {'err':>4}"
+        f"{'split':<11} {'codec':<9} {'BPFP':>8} {'metric':<15} {'value':>8} {'vs':<7} {'unsplit':>8} "
+        f"{'p50 ms':>7} {'p95 ms':>7} {'ok':>3} {'err':>3}"
     )
     lines = [header, "-" * len(header)]
+
+    def num(v: float | None, fmt: str) -> str:
+        return "-" if v is None else format(v, fmt)
+
     for r in rows:
-        s = r["summary"]
-        c = r["config"]
-        m = s["metric"]
+        s, c = r["summary"], r["config"]
+        m = s["metric"] or {}
+        a = s["agreement"] or {}
         lat = s["latency_ms"]["total"]
-        against = {"ground_truth": "truth", "uncompressed_reference": "unsplit"}
-        vs = "+".join(against.get(a, a) for a in m["against"]) or "-"
+        vs = {"ground truth": "truth", "uncompressed pipeline": "unsplit"}.get(m.get("reference", ""), "-")
         codec = c["codec"] if c["codec"] == "raw" else f"{c['codec']}@{c['qp']}"
-
-        def num(v: float | None, fmt: str) -> str:
-            return "-" if v is None else format(v, fmt)
-
         lines.append(
-            f"{c['split']:<12} {codec:<10} {num(s['bpfp_mean'], '.4f'):>8} {m['name'][:16]:<16} "
-            f"{num(m['value'], '.4f'):>8} {vs:<9} {num(lat['p50'], '.1f'):>8} {num(lat['p95'], '.1f'):>8} "
-            f"{s['ok']:>5} {s['errors']:>4}"
+            f"{c['split']:<11} {codec:<9} {num(s['bpfp_mean'], '.4f'):>8} {m.get('metric', '-')[:15]:<15} "
+            f"{num(m.get('value'), '.2f'):>8} {vs:<7} {num(a.get('value'), '.2f'):>8} "
+            f"{num(lat['p50'], '.1f'):>7} {num(lat['p95'], '.1f'):>7} {s['ok']:>3} {s['errors']:>3}"
         )
     return "\n".join(lines)
 
