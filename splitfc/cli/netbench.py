@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import shutil
 import signal
@@ -28,7 +27,7 @@ import tempfile
 import textwrap
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from splitfc.common.errors import SplitfcError
@@ -280,3 +279,390 @@ def tcp_probe(link: VethLink, nbytes: int, port: int = 9000) -> dict[str, float 
         "wire_mbit_per_s": delta.tx_bytes * 8 / seconds / 1e6,
         "rate_mbit": link.rate_mbit or 0.0,
     }
+
+
+# --------------------------------------------------------------- splitfc over the link
+
+
+@dataclass(frozen=True)
+class Point:
+    """One codec operating point, e.g. ``raw-f32``, ``raw-f16`` or ``vvenc:32``."""
+
+    label: str
+    codec: str
+    qp: int
+    raw_dtype: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Point:
+        text = text.strip()
+        if text in RAW_POINTS:
+            return RAW_POINTS[text]
+        codec, sep, rate = text.partition(":")
+        if not sep or not rate.lstrip("-").isdigit():
+            raise SplitfcError(f"bad point {text!r}: use raw-f32, raw-f16 or CODEC:RATE (e.g. vvenc:32)")
+        from splitfc.common.codecs import CODECS
+
+        if codec not in CODECS:
+            raise SplitfcError(f"bad point {text!r}: unknown codec {codec!r}; valid codecs: {', '.join(CODECS)}")
+        return cls(text, codec, int(rate))
+
+
+RAW_POINTS = {
+    "raw-f32": Point("raw-f32", "raw", 0, "float32"),
+    "raw-f16": Point("raw-f16", "raw", 0, "float16"),
+}
+
+
+def default_points() -> list[str]:
+    """raw float32/float16, then every available frame/learned codec at two of its rate points."""
+    from splitfc.common.codecs import CODECS
+
+    points = ["raw-f32", "raw-f16"]
+    for name in ("vvenc", "hevc", "hyperprior"):
+        cls = CODECS.get(name)
+        if cls is None or cls.unavailable_reason() is not None or not cls.rates:
+            continue
+        rates = sorted(set(cls.rates))
+        picks = [rates[len(rates) // 3], rates[-1]] if len(rates) > 1 else rates
+        points += [f"{name}:{r}" for r in dict.fromkeys(picks)]
+    return points
+
+
+def grpc_request_overhead(message_bytes: int) -> int:
+    """gRPC + HTTP/2 framing of one unary request message (DATA frames + the 5-byte prefix)."""
+    body = message_bytes + GRPC_PREFIX
+    return GRPC_PREFIX + HTTP2_FRAME_HEADER * max(1, -(-body // HTTP2_MAX_FRAME))
+
+
+HEADERS_PER_REQUEST = 120
+"""Request HEADERS frame (HPACK: path, authority, content-type, te, deadline, user agent), approximate."""
+PER_CONNECTION = 400
+"""Connection preface, SETTINGS, WINDOW_UPDATE and their ACKs, approximate (amortized over a run)."""
+
+
+def _wait_ready(link: VethLink, server: subprocess.Popen[bytes], timeout: float) -> None:
+    url = f"http://{link.cloud.addr}:{HTTP_PORT}/readyz"
+    code = textwrap.dedent(f"""
+        import time, urllib.request
+        end = time.monotonic() + {timeout}
+        while time.monotonic() < end:
+            try:
+                urllib.request.urlopen({url!r}, timeout=2); raise SystemExit(0)
+            except Exception:
+                time.sleep(0.5)
+        raise SystemExit(1)
+    """)
+    proc = subprocess.run(link.edge.argv([sys.executable, "-c", code]), capture_output=True)
+    if proc.returncode != 0 or server.poll() is not None:
+        raise SplitfcError(f"the cloud server in {link.cloud.ns} did not become ready within {timeout:.0f} s")
+
+
+def _splitfc_argv() -> list[str]:
+    return [sys.executable, "-m", "splitfc"]
+
+
+def drive_edge(server: str, split: str, preset: str, samples: int) -> None:
+    """The edge, run inside the edge namespace: one JSON command per stdin line, one JSON result per stdout line.
+
+    A command ``{"codec": ..., "qp": ..., "raw_dtype": ...}`` sends every sample once,
+    one at a time: head -> encode -> Infer over one long-lived channel. Built from the
+    edge's own pieces (the model head, `encode_features`, `EdgeClient` with its
+    UNAVAILABLE retries); unlike ``splitfc edge run`` it can code raw features as
+    float16, the second baseline, and it loads the model once for all points.
+    """
+    import asyncio
+    import uuid
+
+    from splitfc.common.bitstream import bitstream_stats, encode_features
+    from splitfc.common.codecs import get_codec
+    from splitfc.common.codecs.raw import RawCodec
+    from splitfc.common.models import get_split_model, tiny_samples
+    from splitfc.edge.client import GRPC_FRAME_HEADER, EdgeClient
+
+    model = get_split_model(split, preset=preset)
+    inputs = tiny_samples(split, samples)
+
+    async def point(client: EdgeClient, codec_name: str, qp: int, raw_dtype: str | None) -> list[dict]:
+        codec = RawCodec(store_dtype=raw_dtype) if codec_name == "raw" else get_codec(codec_name)
+        rows = []
+        for sample in inputs:
+            t0 = time.perf_counter()
+            msg = encode_features(model.head(sample.inputs), split, codec, qp)
+            data = msg.SerializeToString()
+            t1 = time.perf_counter()
+            call = await client.infer(uuid.uuid4().hex, data)
+            t2 = time.perf_counter()
+            if call.response is None:
+                raise SplitfcError(f"request failed: {call.code.name}: {call.details}")
+            stats = bitstream_stats(msg)
+            rows.append({
+                "bitstream_bytes": len(data), "payload_bytes": stats.payload_bits // 8, "bpfp": stats.bpfp,
+                "request_message_bytes": call.wire_bytes - GRPC_FRAME_HEADER,
+                "response_message_bytes": call.response.ByteSize(),
+                "head_encode_ms": (t1 - t0) * 1e3, "rtt_ms": call.rtt_s * 1e3,
+                "server_ms": call.response.timing.total_ms,
+                "server_compute_ms": call.response.timing.decode_ms + call.response.timing.tail_ms,
+                "total_ms": (t2 - t0) * 1e3, "attempts": call.attempts,
+            })
+        return rows
+
+    async def run() -> None:
+        async with EdgeClient(server) as client:
+            await client.wait_ready(120.0)
+            print(json.dumps({"ready": True}), flush=True)
+            for line in sys.stdin:
+                cmd = json.loads(line)
+                rows = await point(client, cmd["codec"], int(cmd["qp"]), cmd.get("raw_dtype"))
+                print(json.dumps({"requests": rows}), flush=True)
+
+    asyncio.run(run())
+
+
+class EdgeDriver:
+    """The `drive_edge` process in the edge namespace, one point at a time."""
+
+    def __init__(self, link: VethLink, args: argparse.Namespace, stderr: Path) -> None:
+        code = ("import sys; from splitfc.cli.netbench import drive_edge; a = sys.argv[1:]; "
+                "drive_edge(a[0], a[1], a[2], int(a[3]))")
+        self._err = stderr.open("w")
+        self.proc = subprocess.Popen(
+            link.edge.argv([sys.executable, "-c", code, f"{link.cloud.addr}:{GRPC_PORT}", args.split, args.preset,
+                            str(args.samples)]),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err, text=True,
+        )
+        self.stderr = stderr
+        self._read()  # {"ready": true}
+
+    def _read(self) -> dict:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait()
+            self._err.flush()
+            last = (self.stderr.read_text().strip().splitlines() or ["no output"])[-1]
+            raise SplitfcError(f"the edge failed: {last}")
+        return json.loads(line)
+
+    def run(self, point: Point) -> dict:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"codec": point.codec, "qp": point.qp, "raw_dtype": point.raw_dtype}) + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        _stop(self.proc)
+        self._err.close()
+
+
+def edge_summary(report: dict) -> dict:
+    """Totals and latency statistics of one driver report."""
+    reqs = report["requests"]
+    total = [r["total_ms"] for r in reqs]
+    return {
+        "requests": len(reqs),
+        "bitstream_bytes": sum(r["bitstream_bytes"] for r in reqs) / len(reqs),
+        "payload_bytes": sum(r["payload_bytes"] for r in reqs) / len(reqs),
+        "bpfp": sum(r["bpfp"] for r in reqs) / len(reqs),
+        "request_message_bytes_total": sum(r["request_message_bytes"] for r in reqs),
+        "response_message_bytes_total": sum(r["response_message_bytes"] for r in reqs),
+        "latency_ms_mean": sum(total) / len(total),
+        "latency_ms_p50": _percentile(total, 50),
+        "latency_ms_p95": _percentile(total, 95),
+        "rtt_ms_mean": sum(r["rtt_ms"] for r in reqs) / len(reqs),
+        "head_encode_ms_mean": sum(r["head_encode_ms"] for r in reqs) / len(reqs),
+        "server_ms_mean": sum(r["server_ms"] for r in reqs) / len(reqs),
+        "server_compute_ms_mean": sum(r["server_compute_ms"] for r in reqs) / len(reqs),
+        "retried": sum(1 for r in reqs if r["attempts"] > 1),
+    }
+
+
+def _percentile(values: list[float], q: float) -> float:
+    import numpy as np
+
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
+
+
+def measure_point(link: VethLink, point: Point, driver: EdgeDriver) -> dict:
+    """One point: veth counters around it, the edge's own per-request report inside it."""
+    time.sleep(0.2)
+    before = link.counters(link.edge)
+    report = driver.run(point)
+    time.sleep(0.3)  # trailing ACKs / GOAWAY
+    delta = link.counters(link.edge) - before
+    summary = edge_summary(report)
+    n = summary["requests"]
+    msgs = [r["request_message_bytes"] for r in report["requests"]]
+    expected_up = (sum(m + grpc_request_overhead(m) + HEADERS_PER_REQUEST for m in msgs) + PER_CONNECTION
+                   + delta.tx_packets * ETH_IP_TCP_HEADER)
+    rate = link.rate_mbit
+    up_per_req = delta.tx_bytes / n
+    down_per_req = delta.rx_bytes / n
+    return {
+        "rate_mbit": rate or 0.0,
+        "point": point.label,
+        "codec": point.codec,
+        "qp": point.qp,
+        "requests": n,
+        "bitstream_bytes": summary["bitstream_bytes"],
+        "payload_bytes": summary["payload_bytes"],
+        "bpfp": summary["bpfp"],
+        "wire_up_bytes": delta.tx_bytes,
+        "wire_up_packets": delta.tx_packets,
+        "wire_down_bytes": delta.rx_bytes,
+        "wire_up_bytes_per_request": up_per_req,
+        "expected_wire_up_bytes": expected_up,
+        "wire_over_expected": delta.tx_bytes / expected_up,
+        "transfer_ms": (up_per_req + down_per_req) * 8 / (rate * 1e6) * 1e3 if rate else None,
+        "latency_ms_mean": summary["latency_ms_mean"],
+        "latency_ms_p50": summary["latency_ms_p50"],
+        "latency_ms_p95": summary["latency_ms_p95"],
+        "head_encode_ms_mean": summary["head_encode_ms_mean"],
+        "server_compute_ms_mean": summary["server_compute_ms_mean"],
+        "network_ms_mean": summary["latency_ms_mean"] - summary["head_encode_ms_mean"]
+        - summary["server_compute_ms_mean"],
+        "retried_requests": summary["retried"],
+    }
+
+
+def add_speedups(rows: list[dict]) -> None:
+    """Speed-up of each row over raw float32/float16 at the same link rate, measured and predicted.
+
+    Measured: ratio of mean end-to-end latencies (head + encode + request + server + response).
+    Predicted: the same with the network part replaced by bytes / bandwidth, i.e. each row's
+    measured compute (edge head + encode, server decode + tail) plus its wire bytes (both
+    directions, as counted on the veth) / rate.
+    """
+    by_rate: dict[float, dict[str, dict]] = {}
+    for r in rows:
+        by_rate.setdefault(r["rate_mbit"], {})[r["point"]] = r
+    for r in rows:
+        r["predicted_latency_ms"] = (r["head_encode_ms_mean"] + r["server_compute_ms_mean"] + r["transfer_ms"]
+                                     if r["rate_mbit"] else None)
+    for rate, points in by_rate.items():
+        for r in points.values():
+            for ref in ("raw-f32", "raw-f16"):
+                base = points.get(ref)
+                key = ref.replace("-", "_")
+                r[f"speedup_vs_{key}"] = base["latency_ms_mean"] / r["latency_ms_mean"] if base else None
+                r[f"predicted_speedup_vs_{key}"] = (
+                    base["predicted_latency_ms"] / r["predicted_latency_ms"] if base and rate else None
+                )
+
+
+def run_splitfc_bench(link: VethLink, args: argparse.Namespace, points: list[Point], workdir: Path) -> list[dict]:
+    """Start the cloud in its namespace, then every point unshaped and at every rate."""
+    log = (workdir / "cloud.log").open("wb")
+    server = subprocess.Popen(
+        link.cloud.argv([*_splitfc_argv(), "cloud", "serve", "--host", link.cloud.addr, "--grpc-port", str(GRPC_PORT),
+                         "--http-port", str(HTTP_PORT), "--preset", args.preset, "--splits", args.split]),
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "SPLITFC_CLOUD_LOG_REQUESTS": "false"},
+    )
+    driver = None
+    try:
+        _wait_ready(link, server, args.ready_timeout)
+        driver = EdgeDriver(link, args, workdir / "edge.log")
+        driver.run(points[0])  # warm-up: first-request costs (lazy init, caches) out of the numbers
+        rows = []
+        for rate in [None, *args.rate_mbit] if args.unshaped else args.rate_mbit:
+            if rate is None:
+                link.unshape()
+            else:
+                link.shape(rate, args.delay_ms, args.loss_pct)
+            for point in points:
+                row = measure_point(link, point, driver)
+                rows.append(row)
+                _print_row(row)
+        add_speedups(rows)
+        return rows
+    finally:
+        if driver is not None:
+            driver.close()
+        _stop(server, timeout=30)
+        log.close()
+
+
+def _print_row(row: dict) -> None:
+    rate = f"{row['rate_mbit']:g} Mbit/s" if row["rate_mbit"] else "unshaped"
+    print(f"{rate:>12}  {row['point']:<14} {row['bitstream_bytes']:>10.0f} B/req  "
+          f"wire {row['wire_up_bytes_per_request']:>10.0f} B/req (x{row['wire_over_expected']:.3f} of payload+overhead)"
+          f"  latency {row['latency_ms_mean']:8.1f} ms", flush=True)
+
+
+# ------------------------------------------------------------------------- command
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "netbench",
+        help="real transmission cost: edge and cloud in two network namespaces over a tc-shaped veth link (root)",
+        description="Bytes on the wire (veth counters), transfer time, end-to-end latency and the speed-up over "
+                    "raw float32/float16 features per codec point and link rate. Needs root; skips otherwise.",
+    )
+    p.add_argument("--rate-mbit", type=float, action="append",
+                   help="link rate in Mbit/s, shaped with tbf in both directions (repeatable; default 10)")
+    p.add_argument("--point", action="append",
+                   help="codec point: raw-f32, raw-f16 or CODEC:RATE such as vvenc:32 (repeatable; default: raw "
+                        "float32/float16 and the available vvenc/hevc/hyperprior at two rate points)")
+    p.add_argument("--split", default="dinov2-dpt",
+                   help="split id (default dinov2-dpt, the largest tiny-preset features: 2x4x81x128)")
+    p.add_argument("--preset", default="tiny", help="model preset of both sides (default tiny)")
+    p.add_argument("--samples", type=int, default=8, help="requests per point and rate (default 8)")
+    p.add_argument("--unshaped", action="store_true", help="also run every point on the unshaped link")
+    p.add_argument("--delay-ms", type=float, help="added round-trip delay (needs the kernel's netem qdisc)")
+    p.add_argument("--loss-pct", type=float, help="random loss in percent (needs the kernel's netem qdisc)")
+    p.add_argument("--tcp-probe", type=int, metavar="BYTES",
+                   help="send BYTES over plain TCP instead of running splitfc (checks the link and the counting)")
+    p.add_argument("--ready-timeout", type=float, default=300.0, help="seconds to wait for the cloud to load")
+    p.add_argument("--json", type=Path, help="write the results as JSON")
+    p.set_defaults(func=cmd_netbench)
+
+
+def cmd_netbench(args: argparse.Namespace) -> int:
+    args.rate_mbit = args.rate_mbit or [10.0]
+    if any(r <= 0 for r in args.rate_mbit):
+        raise SplitfcError("--rate-mbit must be positive")
+    if args.samples < 1:
+        raise SplitfcError("--samples must be >= 1")
+    points = [Point.parse(p) for p in (args.point or ([] if args.tcp_probe else default_points()))]
+    reason = namespaces_unavailable_reason()
+    if reason is not None:
+        print(f"splitfc netbench: skipped: {reason}")
+        return 0
+    result: dict = {"rates_mbit": args.rate_mbit, "delay_ms": args.delay_ms, "loss_pct": args.loss_pct}
+    with _signals_raise(), VethLink() as link, tempfile.TemporaryDirectory(prefix="splitfc-netbench-") as tmp:
+        print(f"netbench: {link.edge.ns} ({link.edge.addr}) <-> {link.cloud.ns} ({link.cloud.addr}) over "
+              f"{link.edge.dev}/{link.cloud.dev}", flush=True)
+        # Refuse delay/loss before any work when the kernel cannot do them.
+        link.shape(args.rate_mbit[0], args.delay_ms, args.loss_pct)
+        if args.tcp_probe:
+            if args.tcp_probe < 1:
+                raise SplitfcError("--tcp-probe needs a positive byte count")
+            rows = []
+            for rate in args.rate_mbit:
+                link.shape(rate, args.delay_ms, args.loss_pct)
+                row = tcp_probe(link, args.tcp_probe)
+                rows.append(row)
+                print(f"tcp {rate:g} Mbit/s: {row['payload_bytes']} B payload -> {row['wire_bytes']} B on the wire "
+                      f"in {row['wire_packets']} packets (x{row['wire_over_expected']:.4f} of payload + headers), "
+                      f"{row['seconds'] * 1e3:.1f} ms, {row['wire_mbit_per_s']:.2f} Mbit/s", flush=True)
+            result["tcp_probe"] = rows
+        else:
+            result.update(split=args.split, preset=args.preset, samples=args.samples)
+            result["rows"] = run_splitfc_bench(link, args, points, Path(tmp))
+            _print_speedups(result["rows"])
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def _print_speedups(rows: list[dict]) -> None:
+    for r in rows:
+        if r["rate_mbit"] and r.get("speedup_vs_raw_f32") is not None:
+            f16 = r.get("speedup_vs_raw_f16")
+            print(f"{r['rate_mbit']:g} Mbit/s {r['point']:<14} speed-up vs raw float32 x{r['speedup_vs_raw_f32']:.2f} "
+                  f"(bytes/bandwidth predicts x{r['predicted_speedup_vs_raw_f32']:.2f})"
+                  + (f", vs raw float16 x{f16:.2f} (predicts x{r['predicted_speedup_vs_raw_f16']:.2f})" if f16 else ""))

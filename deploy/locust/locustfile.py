@@ -1,0 +1,162 @@
+"""Load test of the splitfc cloud: a gRPC user replaying pre-encoded bitstreams of each split.
+
+Follows locust's documented gRPC pattern: gevent-compatible gRPC
+(``grpc.experimental.gevent.init_gevent()`` before any channel), one channel
+per user, and a client interceptor that reports every call to locust as a
+request event (so RPS, percentiles and failures land in locust's stats and
+CSV files). Run through ``make loadtest`` (deploy/loadtest.sh), or::
+
+    locust -f deploy/locust/locustfile.py --headless -u 32 -r 8 -t 60s \\
+        --host 127.0.0.1:50051 --csv results/loadtest/locust
+
+Bitstreams are made once per process before the run: each split's tiny model
+head on a built-in sample, coded with ``SPLITFC_LOADTEST_CODEC`` at
+``SPLITFC_LOADTEST_QP``; requests are then pure replay (the edge-side CPU cost
+is not part of the load). Settings: env ``SPLITFC_LOADTEST_*`` (below).
+"""
+
+from __future__ import annotations
+
+import grpc.experimental.gevent as grpc_gevent
+
+grpc_gevent.init_gevent()  # before any channel exists
+
+import contextlib  # noqa: E402
+import itertools  # noqa: E402
+import logging  # noqa: E402
+import time  # noqa: E402
+import uuid  # noqa: E402
+from typing import Any  # noqa: E402
+
+import grpc  # noqa: E402
+from locust import User, events, task  # noqa: E402
+from locust.env import Environment  # noqa: E402
+from locust.exception import LocustError  # noqa: E402
+from pydantic_settings import BaseSettings, SettingsConfigDict  # noqa: E402
+
+from splitfc.v1 import service_pb2 as svc  # noqa: E402
+from splitfc.v1 import service_pb2_grpc as svc_grpc  # noqa: E402
+
+log = logging.getLogger("splitfc.loadtest")
+SPLIT_HEADER = "x-splitfc-split"
+"""Request metadata naming the split, so locust's stats have one row per split."""
+
+
+class LoadtestSettings(BaseSettings):
+    """What the locust users send; env ``SPLITFC_LOADTEST_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="SPLITFC_LOADTEST_", extra="ignore")
+
+    splits: str = "all"
+    """Splits to replay ("all": every split the server reports via GetInfo)."""
+    codec: str = "vvenc"
+    qp: int = 32
+    preset: str = "tiny"
+    samples_per_split: int = 2
+    """Distinct bitstreams per split (different built-in samples)."""
+    timeout_s: float = 60.0
+    """gRPC deadline of one call."""
+    max_message_bytes: int = 64 << 20
+
+
+SETTINGS = LoadtestSettings()
+BITSTREAMS: dict[str, list[bytes]] = {}
+"""split id -> serialized FeatureBitstreams, filled once at test start."""
+
+
+def encode_bitstreams(splits: list[str], settings: LoadtestSettings) -> dict[str, list[bytes]]:
+    """Each split's head on built-in samples, coded as the edge would code it."""
+    from splitfc.common.bitstream import encode_features
+    from splitfc.common.models import get_split_model, tiny_samples
+
+    out: dict[str, list[bytes]] = {}
+    for split in splits:
+        model = get_split_model(split, preset=settings.preset)
+        out[split] = [
+            encode_features(model.head(s.inputs), split, settings.codec, settings.qp).SerializeToString()
+            for s in tiny_samples(split, settings.samples_per_split)
+        ]
+        log.info("loadtest: %s: %d bitstreams, %s bytes", split, len(out[split]), [len(b) for b in out[split]])
+    return out
+
+
+def _served_splits(host: str) -> list[str]:
+    with grpc.insecure_channel(host) as channel:
+        info = svc_grpc.SplitInferenceStub(channel).GetInfo(svc.GetInfoRequest(), timeout=120, wait_for_ready=True)
+    return [s.split for s in info.splits]
+
+
+@events.test_start.add_listener
+def _prepare(environment: Environment, **_: Any) -> None:
+    if BITSTREAMS:
+        return
+    host = environment.host or ""
+    if SETTINGS.splits.strip() in ("", "all"):
+        splits = _served_splits(host)
+    else:
+        splits = [s.strip() for s in SETTINGS.splits.split(",") if s.strip()]
+    BITSTREAMS.update(encode_bitstreams(splits, SETTINGS))
+
+
+class LocustInterceptor(grpc.UnaryUnaryClientInterceptor):
+    """Reports every unary call to locust: name = method (+ split), failure = non-OK status."""
+
+    def __init__(self, environment: Environment) -> None:
+        self.env = environment
+
+    def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        start = time.perf_counter()
+        call = continuation(client_call_details, request)
+        exception = call.exception()  # blocks (cooperatively under gevent) until the call ends
+        length = 0 if exception is not None else call.result().ByteSize()
+        name = client_call_details.method
+        split = dict(client_call_details.metadata or ()).get(SPLIT_HEADER)
+        self.env.events.request.fire(
+            request_type="grpc", name=f"{name} {split}" if split else name,
+            response_time=(time.perf_counter() - start) * 1e3, response_length=length,
+            response=None if exception is not None else call.result(), context=None, exception=exception,
+        )
+        return call
+
+
+class GrpcUser(User):
+    """A locust user with one gRPC channel (host = HOST:PORT of the cloud or the balancer)."""
+
+    abstract = True
+    stub_class: Any = None
+
+    def __init__(self, environment: Environment) -> None:
+        super().__init__(environment)
+        if not self.host:
+            raise LocustError("set the gRPC target with --host HOST:PORT")
+        options = [
+            ("grpc.max_send_message_length", SETTINGS.max_message_bytes),
+            ("grpc.max_receive_message_length", SETTINGS.max_message_bytes),
+            ("grpc.enable_retries", 0),
+        ]
+        channel = grpc.insecure_channel(self.host, options=options)
+        self._channel = grpc.intercept_channel(channel, LocustInterceptor(environment))
+        self.stub = self.stub_class(self._channel)
+
+    def on_stop(self) -> None:
+        self._channel.close()
+
+
+class SplitInferenceUser(GrpcUser):
+    """Sends Infer requests back to back, cycling through the splits' pre-encoded bitstreams."""
+
+    stub_class = svc_grpc.SplitInferenceStub
+
+    def on_start(self) -> None:
+        pool = [(split, b) for split, bs in sorted(BITSTREAMS.items()) for b in bs]
+        if not pool:
+            raise LocustError("no bitstreams prepared (is the server reachable?)")
+        self._next = itertools.cycle(pool)
+
+    @task
+    def infer(self) -> None:
+        split, data = next(self._next)
+        # A failure is already reported to locust by the interceptor.
+        with contextlib.suppress(grpc.RpcError):
+            self.stub.Infer(svc.InferRequest(request_id=uuid.uuid4().hex, bitstream=data),
+                            timeout=SETTINGS.timeout_s, metadata=((SPLIT_HEADER, split),))

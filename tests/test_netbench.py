@@ -1,0 +1,105 @@
+"""`splitfc netbench`: namespaces, tc shaping and wire-byte counting (root only; skips otherwise)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from splitfc.cli import main
+from splitfc.cli import netbench as nb
+
+REASON = nb.namespaces_unavailable_reason()
+needs_netns = pytest.mark.skipif(REASON is not None, reason=f"netbench: {REASON}")
+
+
+def _our_namespaces() -> list[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return [line.split()[0] for line in out.splitlines() if line.startswith(("sfc-edge-", "sfc-cloud-"))]
+
+
+def _netbench(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "splitfc", "netbench", *args],
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_not_root_skips_with_one_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert main(["netbench", "--tcp-probe", "1000"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out == ["splitfc netbench: skipped: network namespaces need root "
+                   "(run as root, or in a container with CAP_NET_ADMIN and CAP_SYS_ADMIN)"]
+
+
+def test_bad_point_is_one_line_error() -> None:
+    res = _netbench("--point", "raw-f64")
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [
+        "splitfc: error: bad point 'raw-f64': use raw-f32, raw-f16 or CODEC:RATE (e.g. vvenc:32)"]
+
+
+def test_grpc_framing_overhead() -> None:
+    # 5-byte gRPC prefix + one 9-byte HTTP/2 frame header per started 16 KiB of (message + prefix).
+    assert nb.grpc_request_overhead(100) == 5 + 9
+    assert nb.grpc_request_overhead(16384 - 5) == 5 + 9
+    assert nb.grpc_request_overhead(16384 - 4) == 5 + 18
+    assert nb.grpc_request_overhead(131_072 * 4) == 5 + 9 * 33
+
+
+@needs_netns
+def test_tcp_probe_at_10_mbit_counts_wire_bytes(tmp_path: Path) -> None:
+    out = tmp_path / "tcp.json"
+    res = _netbench("--tcp-probe", "600000", "--rate-mbit", "10", "--json", str(out))
+    assert res.returncode == 0, res.stderr
+    row = json.loads(out.read_text())["tcp_probe"][0]
+    assert row["received_bytes"] == 600_000
+    # Every frame is at most one MTU (GSO off), so the count is payload + 66 B of headers per frame.
+    assert row["wire_packets"] >= 600_000 / 1448
+    assert abs(row["wire_bytes"] - row["expected_wire_bytes"]) <= 64
+    assert 1.0 < row["wire_bytes"] / 600_000 < 1.05
+    # tbf holds the rate: transfer time matches wire bytes / 10 Mbit/s within 20 %.
+    predicted = row["wire_bytes"] * 8 / 10e6
+    assert abs(row["seconds"] - predicted) / predicted < 0.2
+    assert _our_namespaces() == []
+
+
+@needs_netns
+def test_delay_without_netem_is_refused_and_cleaned_up(tmp_path: Path) -> None:
+    res = _netbench("--tcp-probe", "10000", "--delay-ms", "20", "--json", str(tmp_path / "d.json"))
+    if res.returncode == 0:  # a kernel with netem: the delay is applied, so the transfer takes >= one RTT
+        row = json.loads((tmp_path / "d.json").read_text())["tcp_probe"][0]
+        assert row["seconds"] >= 0.02
+    else:
+        assert res.returncode == 2
+        assert res.stderr.strip().splitlines() == [
+            "splitfc: error: --delay-ms/--loss-pct need the netem qdisc, which this kernel does not have "
+            "(rate shaping with tbf works without them)"]
+    assert _our_namespaces() == []
+
+
+@needs_netns
+@pytest.mark.slow
+def test_splitfc_over_a_10_mbit_link(tmp_path: Path) -> None:
+    out = tmp_path / "nb.json"
+    res = _netbench("--point", "raw-f32", "--point", "raw-f16", "--samples", "3", "--rate-mbit", "10",
+                    "--json", str(out))
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = {r["point"]: r for r in json.loads(out.read_text())["rows"]}
+    f32, f16 = rows["raw-f32"], rows["raw-f16"]
+    for r in (f32, f16):
+        assert r["requests"] == 3 and r["retried_requests"] == 0
+        # Counted on the veth: within 5 % of payload + gRPC/HTTP2 framing + 66 B of headers per frame.
+        assert abs(r["wire_over_expected"] - 1) < 0.05
+        assert r["wire_up_bytes_per_request"] > r["bitstream_bytes"]
+    # float16 halves the payload: the bitstream is half the size (+ the same header), the wire nearly so.
+    assert f16["payload_bytes"] * 2 == f32["payload_bytes"]
+    assert 0.45 < f16["wire_up_bytes"] / f32["wire_up_bytes"] < 0.55
+    # The end-to-end speed-up matches what bytes / bandwidth predicts within 20 %.
+    assert f16["speedup_vs_raw_f32"] > 1.2
+    assert abs(f16["speedup_vs_raw_f32"] / f16["predicted_speedup_vs_raw_f32"] - 1) < 0.2
+    assert f32["speedup_vs_raw_f32"] == 1.0
+    assert _our_namespaces() == []
