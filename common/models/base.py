@@ -72,6 +72,8 @@ class SplitModel(ABC):
 
     spec: SplitSpec
     preset: str
+    model_name: str = ""
+    """What runs: a Hugging Face id or folder (``paper``), or the tiny architecture."""
 
     @abstractmethod
     def head(self, inputs: Any) -> np.ndarray:
@@ -102,7 +104,10 @@ def check_features(
 
     if not isinstance(features, np.ndarray):
         raise ShapeError(f"split {spec.id} expects a numpy array, got {type(features).__name__}")
-    spec.check_shape(features.shape)
+    try:
+        spec.check_shape(features.shape)
+    except ShapeError as exc:
+        raise ShapeError(f"{exc}; the {preset} model expects {format_shape(expected)}") from None
     if len(expected) != features.ndim or any(
         e is not None and e != s for e, s in zip(expected, features.shape, strict=True)
     ):

@@ -93,7 +93,7 @@ def tiny_config() -> Any:
         image_size=112,
         patch_size=14,
         use_swiglu_ffn=True,
-        initializer_range=0.2,
+        initializer_range=0.1,
         layerscale_value=1.0,
     )
 
@@ -114,7 +114,9 @@ def _torch():
 class Dinov2Split(SplitModel):
     """One DINOv2 split (cls, seg or dpt) with its task head."""
 
-    def __init__(self, spec: SplitSpec, preset: str, backbone: Any, task_head: Any, geometry: Geometry) -> None:
+    def __init__(
+        self, spec: SplitSpec, preset: str, backbone: Any, task_head: Any, geometry: Geometry, model_name: str = ""
+    ) -> None:
         setup_torch()
         self.spec = spec
         self.preset = preset
@@ -130,6 +132,9 @@ class Dinov2Split(SplitModel):
         h, w = self.input_size
         self.grid = (h // self.patch, w // self.patch)
         self.tokens = 1 + self.grid[0] * self.grid[1]
+        self.model_name = model_name or (
+            f"tiny Dinov2Model (hidden {self.channels}, {config.num_hidden_layers} blocks, patch {self.patch})"
+        )
 
     # -- geometry -------------------------------------------------------------------------------
     @property
@@ -331,4 +336,5 @@ def build(
     backbone = load_pretrained(Dinov2Model, HUB_ID, source, dtype=torch_dtype())
     task_head = _heads(backbone.config.hidden_size, spec.task)
     _load_published_head(task_head, spec.task, heads)
-    return Dinov2Split(spec, preset, backbone, task_head.to(backbone.dtype), geometry)
+    name = str(getattr(backbone, "name_or_path", "") or HUB_ID)
+    return Dinov2Split(spec, preset, backbone, task_head.to(backbone.dtype), geometry, model_name=name)

@@ -77,6 +77,11 @@ class Llama3Split(SplitModel):
         self.tokenizer = tokenizer
         self.channels = int(model.config.hidden_size)
         self.letter_ids = tuple(self._letter_id(letter) for letter in LETTERS)
+        cfg = model.config
+        self.model_name = (
+            f"tiny LlamaForCausalLM (hidden {cfg.hidden_size}, {cfg.num_hidden_layers} layers, vocab {cfg.vocab_size})"
+            if preset == "tiny" else str(getattr(model, "name_or_path", "") or HUB_ID)
+        )
 
     def _letter_id(self, letter: str) -> int:
         ids = self.tokenizer.encode(f" {letter}", add_special_tokens=False)

@@ -128,6 +128,10 @@ class SD3Split(SplitModel):
         )
         self.scale = pipeline.vae_scale_factor
         self.channels = int(pipeline.vae.config.latent_channels)
+        self.model_name = (
+            "tiny StableDiffusion3Pipeline (2 CLIP, T5, SD3Transformer2DModel 4 layers, AutoencoderKL 16 ch)"
+            if preset == "tiny" else str(getattr(pipeline, "name_or_path", "") or HUB_ID)
+        )
 
     def expected_shape(self) -> tuple[int | None, ...]:
         s = self.sampling
@@ -170,12 +174,17 @@ def _to_uint8(image: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(np.asarray(image, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
 
 
-def build(split_id: str, preset: str, source: str | os.PathLike | None = None) -> SD3Split:
-    """``tiny``: a pipeline of tiny random components; ``paper``: SD3-medium (diffusers layout)."""
+def build(
+    split_id: str, preset: str, source: str | os.PathLike | None = None, sampling: Sampling | None = None
+) -> SD3Split:
+    """``tiny``: a pipeline of tiny random components; ``paper``: SD3-medium (diffusers layout).
+
+    ``sampling`` overrides the preset's image size and sampler settings.
+    """
     spec = get_split(split_id)
     if preset == "tiny":
-        return SD3Split(spec, preset, tiny_pipeline(), SAMPLING["tiny"])
+        return SD3Split(spec, preset, tiny_pipeline(), sampling or SAMPLING["tiny"])
     from diffusers import StableDiffusion3Pipeline
 
-    pipeline = load_pretrained(StableDiffusion3Pipeline, HUB_ID, source, torch_dtype=torch_dtype())
-    return SD3Split(spec, preset, pipeline, SAMPLING["paper"])
+    pipeline = load_pretrained(StableDiffusion3Pipeline, HUB_ID, source, dtype=torch_dtype())
+    return SD3Split(spec, preset, pipeline, sampling or SAMPLING["paper"])
