@@ -48,7 +48,7 @@ class HevcCodec(FrameCodec):
         padded = pad_frame(frame, PAD_MULTIPLE)
         h, w = padded.shape
         preset = codec_settings().x265_preset
-        params = f"qp={rate}:keyint=1:aq-mode=0:log-level=error:pools=1:frame-threads=1"
+        params = f"qp={rate}:keyint=1:aq-mode=0:info=0:log-level=error:pools=1:frame-threads=1"
         args = [
             ffmpeg_path(), "-hide_banner", "-loglevel", "error", "-nostdin",
             "-f", "rawvideo", "-pix_fmt", "gray10le", "-s", f"{w}x{h}", "-i", "pipe:0",
