@@ -37,7 +37,9 @@ def create_app(service: SplitInferenceService, metrics: CloudMetrics) -> FastAPI
     @app.get("/v1/info")
     def info() -> dict[str, Any]:
         """Models, splits, codecs and limits (the gRPC GetInfo answer as JSON)."""
-        return MessageToDict(service.info(), always_print_fields_with_no_presence=True)
+        return MessageToDict(
+            service.info(), always_print_fields_with_no_presence=True, preserving_proto_field_name=True
+        )
 
     @app.get("/metrics")
     def prometheus() -> Response:

@@ -417,7 +417,7 @@ def test_http_endpoints(cloud: ServerThread) -> None:
     assert ready.status_code == 200 and ready.json()["loaded"] == sorted(ALL_SPLITS)
     info = httpx.get(f"{url}/v1/info").json()
     assert [s["split"] for s in info["splits"]] == list(ALL_SPLITS)
-    assert info["limits"]["maxConcurrency"] == 2
+    assert info["limits"]["max_concurrency"] == 2 and info["bitstream_format_version"] == 1
     data, _ = raw_bitstream("dinov2-cls")
     stub_for(cloud).Infer(svc.InferRequest(bitstream=data))
     text = httpx.get(f"{url}/metrics").text

@@ -34,6 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--codec", default="raw", help="codec of the bitstreams (default raw)")
     p.add_argument("--qp", type=int, default=0, help="rate of --codec (default 0)")
     p.add_argument("--requests", type=int, default=64, help="requests per measurement (default 64)")
+    p.add_argument("--repeat", type=int, default=3, help="rounds; the median round is reported (default 3)")
     p.add_argument("--samples", type=int, default=8, help="distinct bitstreams, sent round-robin (default 8)")
     p.add_argument("--workers", type=int, help="server max_concurrency and in-process pool size (default: cloud's)")
     p.add_argument("--in-process-server", action="store_true", help="run the server in this process (a thread)")
@@ -53,22 +54,33 @@ def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
-def in_process_throughput(model: Any, bitstreams: list[bytes], requests: int, workers: int) -> dict[str, float]:
-    """Parse + decode + tail + result encoding of ``requests`` bitstreams on ``workers`` threads."""
-    from splitfc.common.bitstream import decode_features, parse_bitstream
-    from splitfc.common.wire import task_result_to_proto
+def in_process_throughput(split: str, bitstreams: list[bytes], requests: int, workers: int) -> dict[str, float]:
+    """The server's own per-request work (`SplitInferenceService._work`: parse, validate, decode, tail,
+    result encoding) on ``workers`` threads, without gRPC or the event loop."""
+    import logging
+
+    from splitfc.cloud.metrics import CloudMetrics
+    from splitfc.cloud.service import RequestRecord, SplitInferenceService
+    from splitfc.cloud.settings import CloudSettings
+
+    service = SplitInferenceService(
+        CloudSettings(splits=split, max_concurrency=workers), CloudMetrics(), logging.getLogger("bench-serving")
+    )
+    service.load_models()
 
     def work(i: int) -> float:
         t = time.perf_counter()
-        msg = parse_bitstream(bitstreams[i % len(bitstreams)])
-        task_result_to_proto(model.tail(decode_features(msg)))
+        service._work(bitstreams[i % len(bitstreams)], RequestRecord(request_id=str(i), method="bench"))
         return time.perf_counter() - t
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        list(pool.map(work, range(min(4, requests))))  # warm-up
-        t0 = time.perf_counter()
-        lat = list(pool.map(work, range(requests)))
-        wall = time.perf_counter() - t0
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(work, range(min(4, requests))))  # warm-up
+            t0 = time.perf_counter()
+            lat = list(pool.map(work, range(requests)))
+            wall = time.perf_counter() - t0
+    finally:
+        service.shutdown()
     return {
         "throughput_rps": requests / wall, "wall_s": wall,
         "latency_ms_p50": _percentile(lat, 50) * 1e3, "latency_ms_p99": _percentile(lat, 99) * 1e3,
@@ -124,8 +136,8 @@ def cmd_bench_serving(args: argparse.Namespace) -> int:
         levels = [int(x) for x in args.concurrency.split(",") if x.strip()]
     except ValueError:
         raise SplitfcError(f"--concurrency takes comma-separated integers, got {args.concurrency!r}") from None
-    if not levels or min(levels) < 1 or args.requests < 1 or args.samples < 1:
-        raise SplitfcError("--concurrency levels, --requests and --samples must be >= 1")
+    if not levels or min(levels) < 1 or min(args.requests, args.samples, args.repeat) < 1:
+        raise SplitfcError("--concurrency levels, --requests, --samples and --repeat must be >= 1")
     cloud_defaults = CloudSettings()
     workers = args.workers or cloud_defaults.max_concurrency
     torch.set_num_threads(cloud_defaults.torch_threads)
@@ -136,9 +148,6 @@ def cmd_bench_serving(args: argparse.Namespace) -> int:
         encode_features(model.head(s.inputs), args.split, args.codec, args.qp).SerializeToString()
         for s in tiny_samples(args.split, args.samples)
     ]
-    print("bench-serving: in-process decode+tail loop", file=sys.stderr)
-    baseline = in_process_throughput(model, bitstreams, args.requests, workers)
-
     settings = CloudSettings(
         grpc_port=_free_port(), http_port=_free_port(), splits=args.split, max_concurrency=workers,
         max_queue=max(64, max(levels)), log_requests=False,
@@ -162,11 +171,17 @@ def cmd_bench_serving(args: argparse.Namespace) -> int:
         ]
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         target = f"127.0.0.1:{settings.grpc_port}"
-    served = []
+    # Rounds alternate in-process and served runs, so a busy machine disturbs both alike; each
+    # figure is the round with the median throughput.
+    baselines: list[dict[str, Any]] = []
+    runs: dict[int, list[dict[str, Any]]] = {level: [] for level in levels}
     try:
-        for level in levels:
-            print(f"bench-serving: served, concurrency {level}", file=sys.stderr)
-            served.append(asyncio.run(served_throughput(target, bitstreams, args.requests, level)))
+        for round_ in range(args.repeat):
+            print(f"bench-serving: round {round_ + 1}/{args.repeat}: in-process loop", file=sys.stderr)
+            baselines.append(in_process_throughput(args.split, bitstreams, args.requests, workers))
+            for level in levels:
+                print(f"bench-serving: round {round_ + 1}/{args.repeat}: served, concurrency {level}", file=sys.stderr)
+                runs[level].append(asyncio.run(served_throughput(target, bitstreams, args.requests, level)))
     except Exception:
         if proc is not None and proc.poll() is not None and proc.stderr is not None:
             sys.stderr.write(proc.stderr.read().decode(errors="replace"))
@@ -180,6 +195,13 @@ def cmd_bench_serving(args: argparse.Namespace) -> int:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+    baseline = _median_run(baselines)
+    baseline["rounds_rps"] = [b["throughput_rps"] for b in baselines]
+    served = []
+    for level in levels:
+        row = _median_run(runs[level])
+        row["rounds_rps"] = [r["throughput_rps"] for r in runs[level]]
+        served.append(row)
     for row in served:
         row["overhead_ratio"] = baseline["throughput_rps"] / row["throughput_rps"] if row["throughput_rps"] else None
     result = {
@@ -187,7 +209,7 @@ def cmd_bench_serving(args: argparse.Namespace) -> int:
         "bitstream_bytes": sum(map(len, bitstreams)) // len(bitstreams), "workers": workers,
         "torch_threads": cloud_defaults.torch_threads, "cpus": os.cpu_count(),
         "server": "in-process thread" if args.in_process_server else "subprocess",
-        "in_process": baseline, "served": served,
+        "repeat": args.repeat, "requests": args.requests, "in_process": baseline, "served": served,
     }
     print(format_bench(result))
     if args.output:
@@ -196,11 +218,18 @@ def cmd_bench_serving(args: argparse.Namespace) -> int:
     return 0
 
 
+def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median throughput (the lower middle one for an even count)."""
+    ordered = sorted(runs, key=lambda r: r["throughput_rps"])
+    return dict(ordered[(len(ordered) - 1) // 2])
+
+
 def format_bench(result: dict[str, Any]) -> str:
     b = result["in_process"]
     lines = [
         f"split {result['split']}  codec {result['codec']}  bitstream {result['bitstream_bytes']} B  "
-        f"workers {result['workers']} x {result['torch_threads']} torch threads  server: {result['server']}",
+        f"workers {result['workers']} x {result['torch_threads']} torch threads  server: {result['server']}  "
+        f"{result['requests']} requests, median of {result['repeat']} rounds",
         f"{'mode':<22} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'overhead':>9}",
         f"{'in-process loop':<22} {b['throughput_rps']:>8.1f} {b['latency_ms_p50']:>8.2f} {b['latency_ms_p99']:>8.2f} "
         f"{'1.00':>9}",

@@ -124,9 +124,11 @@ def cmd_edge_run(args: argparse.Namespace) -> int:
                 info = await client.wait_ready(args.wait)
             except TimeoutError as exc:
                 raise SplitfcError(str(exc)) from None
-        served = {s.split for s in info.splits}
+        served = [s.split for s in info.splits]
         if args.split not in served:
             raise SplitfcError(f"server {args.server} does not serve {args.split} (it serves {', '.join(served)})")
+        if info.preset != args.preset:
+            raise SplitfcError(f"server {args.server} runs the {info.preset} preset; this edge asked for {args.preset}")
         return await run_edge(config, settings, logger=logger)
 
     report = asyncio.run(main())
