@@ -14,6 +14,13 @@ from typing import Any
 ORIGINAL = "original"
 
 
+def _label(split: str) -> str:
+    from splitfc.common.bench.report import TASK_LABELS
+    from splitfc.common.specs import get_split
+
+    return TASK_LABELS.get(get_split(split).task, split)
+
+
 def _pyplot() -> Any:
     import matplotlib
 
@@ -26,6 +33,16 @@ def _pyplot() -> Any:
 def _grid(n: int) -> tuple[int, int]:
     cols = min(n, 3)
     return math.ceil(n / cols), cols
+
+
+def _log_x(ax: Any) -> None:
+    """Log BPFP axis with plain-number labels (no crowded minor labels)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def _save(fig: Any, out_dir: Path, stem: str) -> list[Path]:
@@ -50,10 +67,11 @@ def plot_rate_accuracy(results: dict[str, Any], out_dir: Path) -> list[Path]:
             if curve:
                 ax.plot([p["bpfp"] for p in curve], [p["metric"] for p in curve], marker="o", label=codec)
         orig = next((p for p in pts if p["codec"] == ORIGINAL and p["metric"] is not None), None)
-        if orig is not None and math.isfinite(orig["metric"]):
+        # The Original PSNR is a cap (identical images), not a level worth a line.
+        if orig is not None and math.isfinite(orig["metric"]) and name != "PSNR":
             ax.axhline(orig["metric"], color="grey", linestyle="--", linewidth=1, label="original")
-        ax.set_xscale("log")
-        ax.set_title(split)
+        _log_x(ax)
+        ax.set_title(f"{_label(split)} ({split})")
         ax.set_xlabel("BPFP")
         ax.set_ylabel(name)
         ax.grid(True, alpha=0.3)
@@ -71,7 +89,8 @@ def plot_rate_accuracy(results: dict[str, Any], out_dir: Path) -> list[Path]:
 def plot_rate_accuracy_drop(results: dict[str, Any], out_dir: Path) -> list[Path]:
     plt = _pyplot()
     splits = results["config"]["splits"]
-    codecs = results["config"]["codecs"]
+    codecs = [c for c in results["config"]["codecs"]
+              if any(p["codec"] == c and p.get("accuracy_drop") is not None for p in results["points"])]
     if not codecs:
         return []
     fig, axes = plt.subplots(1, len(codecs), figsize=(4.2 * len(codecs), 3.3), squeeze=False)
@@ -80,8 +99,9 @@ def plot_rate_accuracy_drop(results: dict[str, Any], out_dir: Path) -> list[Path
             curve = sorted((p for p in results["points"] if p["split"] == split and p["codec"] == codec
                             and p.get("accuracy_drop") is not None and p["bpfp"] > 0), key=lambda p: p["bpfp"])
             if curve:
-                ax.plot([p["bpfp"] for p in curve], [p["accuracy_drop"] for p in curve], marker="o", label=split)
-        ax.set_xscale("log")
+                ax.plot([p["bpfp"] for p in curve], [p["accuracy_drop"] for p in curve], marker="o",
+                        label=_label(split))
+        _log_x(ax)
         ax.set_title(codec)
         ax.set_xlabel("BPFP")
         ax.set_ylabel("accuracy drop (%)")

@@ -196,6 +196,20 @@ def point_key_for(split: str, codec: str, rate: int, sample: str, feature_sha: s
 # ----------------------------------------------------------------------------- one point
 
 
+def load_feature_file(path: str | Path, split: str) -> np.ndarray:
+    """A feature ``.npy`` in the split's layout; leading batch axes of size 1 are dropped."""
+    try:
+        features = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise SplitfcError(f"{path} is not a readable .npy array: {exc}") from None
+    rank = get_split(split).rank
+    while features.ndim > rank and features.shape[0] == 1:
+        features = features[0]
+    if features.dtype.kind != "f":
+        raise SplitfcError(f"{path}: features must be floating point, got {features.dtype}")
+    return np.ascontiguousarray(features)
+
+
 def _worker_init(torch_threads: int) -> None:
     import torch
 
@@ -206,7 +220,7 @@ def compute_point(job: PointJob) -> dict[str, Any]:
     """Encode, decode, measure and run the tail on one sample; store and return its record."""
     from splitfc.common.bitstream import bitstream_stats, decode_features, encode_features
 
-    features = np.load(job.feature_path, allow_pickle=False)
+    features = load_feature_file(job.feature_path, job.split)
     record: dict[str, Any] = {
         "split": job.split, "codec": job.codec, "rate": job.rate, "sample": job.sample, "key": job.key,
         "preset": job.preset, "feature_sha256": job.feature_sha256, "shape": list(features.shape),
