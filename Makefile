@@ -35,3 +35,15 @@ bench-codecs: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# Load test: locust headless, 32 users for 60 s against a local cloud it starts
+# (or LOADTEST_HOST=host:port); CSV stats in results/loadtest/. See deploy/loadtest.sh.
+.PHONY: loadtest netbench
+loadtest: $(STAMP)
+	BIN=$(BIN) deploy/loadtest.sh
+
+# Real transmission cost: edge and cloud in two network namespaces over a
+# tc-shaped veth (root only; prints one "skipped" line otherwise).
+NETBENCH_RATES ?= 10
+netbench: $(STAMP)
+	$(BIN)/splitfc netbench $(foreach r,$(NETBENCH_RATES),--rate-mbit $(r)) --samples 8 --json results/netbench.json

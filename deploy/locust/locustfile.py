@@ -9,7 +9,7 @@ CSV files). Run through ``make loadtest`` (deploy/loadtest.sh), or::
     locust -f deploy/locust/locustfile.py --headless -u 32 -r 8 -t 60s \\
         --host 127.0.0.1:50051 --csv results/loadtest/locust
 
-Bitstreams are made once per process before the run: each split's tiny model
+Bitstreams are made once per process before the run (locust's init event): each split's tiny model
 head on a built-in sample, coded with ``SPLITFC_LOADTEST_CODEC`` at
 ``SPLITFC_LOADTEST_QP``; requests are then pure replay (the edge-side CPU cost
 is not part of the load). Settings: env ``SPLITFC_LOADTEST_*`` (below).
@@ -86,11 +86,12 @@ def _served_splits(host: str) -> list[str]:
     return [s.split for s in info.splits]
 
 
-@events.test_start.add_listener
+@events.init.add_listener
 def _prepare(environment: Environment, **_: Any) -> None:
-    if BITSTREAMS:
+    """Before the run starts (and its run-time clock with it): make the bitstreams."""
+    if BITSTREAMS or not environment.host:
         return
-    host = environment.host or ""
+    host = environment.host
     if SETTINGS.splits.strip() in ("", "all"):
         splits = _served_splits(host)
     else:

@@ -1,0 +1,272 @@
+"""Deployment files checked offline: compose, Dockerfile, nginx, Prometheus, Grafana, Kubernetes, locust.
+
+Every `splitfc` command in the compose file and the manifests must parse with
+the real CLI parser (and its `--help` must run); the nginx config must pass
+`nginx -t`; the manifests must validate with kubernetes-validate; every metric
+the Grafana dashboard queries must be one the cloud exports.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from splitfc.cli import build_parser
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES = COMPOSE["services"]
+K8S_VERSION = "1.30.0"
+
+_spec = importlib.util.spec_from_file_location("local_lb", DEPLOY / "local_lb.py")
+assert _spec is not None and _spec.loader is not None
+local_lb = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(local_lb)
+
+
+def flag(argv: list[str], name: str) -> str:
+    return argv[argv.index(name) + 1]
+
+
+def parse_splitfc(argv: list[str]) -> object:
+    """Parse with the real CLI parser; argparse exits (status 2) on unknown commands or flags."""
+    try:
+        return build_parser().parse_args(argv)
+    except SystemExit as exc:
+        raise AssertionError(f"splitfc rejects {argv} (exit {exc.code})") from None
+
+
+def assert_help_runs(argv: list[str]) -> None:
+    """`splitfc <subcommand...> --help` runs for the command path of ``argv``."""
+    path = [a for a in argv[:2] if not a.startswith("-")]
+    res = subprocess.run([sys.executable, "-m", "splitfc", *path, "--help"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    for option in (a for a in argv if a.startswith("--")):
+        assert option in res.stdout, f"{option} not in `splitfc {' '.join(path)} --help`"
+
+
+def k8s_docs() -> list[tuple[str, dict]]:
+    docs = []
+    for path in sorted((DEPLOY / "k8s").glob("*.yaml")):
+        if path.name == "kustomization.yaml":
+            continue
+        docs += [(path.name, d) for d in yaml.safe_load_all(path.read_text()) if d]
+    return docs
+
+
+def k8s_object(kind: str, name: str) -> dict:
+    found = [d for _, d in k8s_docs() if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, f"{kind}/{name}"
+    return found[0]
+
+
+# ------------------------------------------------------------------ compose
+
+
+def test_compose_has_the_demo_services() -> None:
+    assert set(SERVICES) == {"cloud", "lb", "edge", "prometheus", "grafana"}
+    assert SERVICES["cloud"]["deploy"]["replicas"] >= 2
+    for name in ("cloud", "edge"):
+        build = SERVICES[name]["build"]
+        assert build["dockerfile"] == "deploy/Dockerfile" and build["context"] == "."
+        assert build["target"] == name
+
+
+@pytest.mark.parametrize("service", ["cloud", "edge"])
+def test_compose_splitfc_commands_parse(service: str) -> None:
+    argv = SERVICES[service]["command"]
+    args = parse_splitfc(argv)
+    assert args.func.__name__ == {"cloud": "cmd_cloud_serve", "edge": "cmd_edge_run"}[service]
+    assert_help_runs(argv)
+
+
+def test_compose_wiring_is_consistent() -> None:
+    cloud = SERVICES["cloud"]["command"]
+    edge = SERVICES["edge"]["command"]
+    grpc_port, http_port = flag(cloud, "--grpc-port"), flag(cloud, "--http-port")
+    assert flag(cloud, "--host") == "0.0.0.0"
+    # The edge talks to the balancer, the balancer to the replicas' gRPC port.
+    lb_port = (DEPLOY / "nginx" / "listen.conf").read_text().split("listen ")[1].split()[0]
+    assert flag(edge, "--server") == f"lb:{lb_port}"
+    assert f"{lb_port}:{lb_port}" in SERVICES["lb"]["ports"]
+    assert f"server {local_lb.COMPOSE_UPSTREAM} " in (DEPLOY / "nginx" / "upstreams.conf").read_text()
+    assert f"cloud:{grpc_port}" == local_lb.COMPOSE_UPSTREAM
+    status_port = (DEPLOY / "nginx" / "status-listen.conf").read_text().split("listen ")[1].split(";")[0]
+    assert f"http://127.0.0.1:{status_port}/lb-healthz" in SERVICES["lb"]["healthcheck"]["test"]
+    # The lb mounts deploy/nginx where its -c points.
+    conf = flag(SERVICES["lb"]["command"], "-c")
+    assert f"./deploy/nginx:{Path(conf).parent}:ro" in SERVICES["lb"]["volumes"]
+    # Health checks hit the cloud's HTTP port; Prometheus scrapes it on every replica.
+    assert f"http://127.0.0.1:{http_port}/readyz" in " ".join(SERVICES["cloud"]["healthcheck"]["test"])
+    prom = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    job = next(j for j in prom["scrape_configs"] if j["job_name"] == "splitfc-cloud")
+    assert job["metrics_path"] == "/metrics"
+    sd = job["dns_sd_configs"]
+    assert sd == [{"names": ["cloud"], "type": "A", "port": int(http_port), "refresh_interval": "10s"}]
+    # Grafana reads the compose Prometheus and the mounted dashboards.
+    ds = yaml.safe_load((DEPLOY / "grafana/provisioning/datasources/prometheus.yml").read_text())["datasources"][0]
+    assert ds["url"] == "http://prometheus:9090" and "9090:9090" in SERVICES["prometheus"]["ports"]
+    provider = yaml.safe_load((DEPLOY / "grafana/provisioning/dashboards/splitfc.yml").read_text())["providers"][0]
+    assert f"./deploy/grafana/dashboards:{provider['options']['path']}:ro" in SERVICES["grafana"]["volumes"]
+    for path in [v.split(":")[0] for s in SERVICES.values() for v in s.get("volumes", [])]:
+        assert (ROOT / path).exists(), path
+
+
+def test_docker_compose_config_is_valid() -> None:
+    docker = shutil.which("docker")
+    if docker is None or subprocess.run([docker, "compose", "version"], capture_output=True).returncode != 0:
+        pytest.skip("the docker compose CLI plugin is not installed here")
+    res = subprocess.run([docker, "compose", "-f", str(ROOT / "docker-compose.yml"), "config", "--quiet"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 0, res.stderr
+
+
+# --------------------------------------------------------------- Dockerfile
+
+
+def test_dockerfile_targets_user_and_health() -> None:
+    text = (DEPLOY / "Dockerfile").read_text()
+    stages = re.findall(r"^FROM \S+ AS (\w+)$", text, flags=re.M)
+    assert stages == ["builder", "runtime", "edge", "cloud"]
+    assert "download.pytorch.org/whl/cpu" in text
+    assert 'ENTRYPOINT ["splitfc"]' in text
+    assert re.search(r"^USER 10001:10001$", text, flags=re.M)
+    cloud_stage = text.split("AS cloud")[1]
+    assert "HEALTHCHECK" in cloud_stage and "/readyz" in cloud_stage
+    cmd = json.loads(re.search(r"^CMD (\[.*\])$", cloud_stage, flags=re.M).group(1))
+    parse_splitfc(cmd)
+    assert "COPY deploy/vtm/ /opt/vtm/" in text and (DEPLOY / "vtm" / "README.md").is_file()
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert ".venv" in ignored and ".git" in ignored
+    # Everything the Dockerfile copies from the context exists and is not ignored.
+    for src in re.findall(r"^COPY (?!--from)(\S+)/ ", text, flags=re.M):
+        assert (ROOT / src).is_dir() and src not in ignored, src
+
+
+# -------------------------------------------------------------------- nginx
+
+
+@pytest.mark.skipif(local_lb.nginx_binary() is None, reason="nginx is not installed")
+def test_nginx_config_passes_nginx_t(tmp_path: Path) -> None:
+    conf = local_lb.render_prefix(tmp_path, "127.0.0.1:1", "127.0.0.1:2", ["127.0.0.1:3", "127.0.0.1:4"])
+    argv = local_lb.nginx_argv(tmp_path, conf, local_lb.nginx_binary())
+    res = subprocess.run([*argv, "-t"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "syntax is ok" in res.stderr
+    upstreams = (tmp_path / "conf" / "upstreams.conf").read_text()
+    assert "server 127.0.0.1:3 max_fails=1 fail_timeout=5s;" in upstreams
+    assert "server 127.0.0.1:4 max_fails=1 fail_timeout=5s;" in upstreams
+
+
+def test_nginx_config_balances_grpc() -> None:
+    text = (DEPLOY / "nginx" / "nginx.conf").read_text()
+    assert "grpc_pass grpc://splitfc_cloud;" in text
+    assert "client_max_body_size 0;" in text
+    assert re.search(r"grpc_next_upstream [^;]*\berror\b[^;]*\bnon_idempotent\b", text)
+    for include in ("listen.conf", "status-listen.conf", "upstreams.conf"):
+        assert f"include {include};" in text and (DEPLOY / "nginx" / include).is_file()
+
+
+# ------------------------------------------------------------------ Grafana
+
+
+def test_dashboard_queries_only_exported_metrics() -> None:
+    from splitfc.cloud.metrics import CloudMetrics
+
+    exported = set()
+    for family in CloudMetrics().registry.collect():
+        suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "gauge": [""]}[family.type]
+        exported |= {family.name + s for s in suffixes}
+    dash = json.loads((DEPLOY / "grafana" / "dashboards" / "splitfc.json").read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    used = {m for e in exprs for m in re.findall(r"\bsplitfc_[a-z_]+", e)}
+    assert used and used <= exported, used - exported
+    titles = " ".join(p["title"].lower() for p in dash["panels"])
+    for topic in ("throughput", "p50", "p99", "stage", "bpfp", "bytes", "errors"):
+        assert topic in titles, topic
+    assert {p["datasource"]["uid"] for p in dash["panels"]} == {"splitfc-prometheus"}
+
+
+# --------------------------------------------------------------- Kubernetes
+
+
+def test_k8s_manifests_validate() -> None:
+    import kubernetes_validate
+
+    docs = k8s_docs()
+    kinds = sorted(d["kind"] for _, d in docs)
+    assert kinds == sorted(["Namespace", "Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget",
+                            "ConfigMap", "Deployment", "Service", "Job"])
+    for name, doc in docs:
+        try:
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            raise AssertionError(f"{name}: {doc['kind']}: {exc.message}") from None
+    listed = yaml.safe_load((DEPLOY / "k8s" / "kustomization.yaml").read_text())["resources"]
+    assert sorted(listed) == sorted({n for n, _ in docs})
+
+
+def test_k8s_rejects_a_broken_manifest() -> None:
+    import kubernetes_validate
+
+    deployment = k8s_object("Deployment", "splitfc-cloud")
+    broken = json.loads(json.dumps(deployment))
+    broken["spec"]["replicas"] = "two"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, K8S_VERSION, strict=True)
+
+
+def test_k8s_topology() -> None:
+    cloud = k8s_object("Deployment", "splitfc-cloud")
+    container = cloud["spec"]["template"]["spec"]["containers"][0]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    args = container["args"]
+    parse_splitfc(args)
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"grpc": int(flag(args, "--grpc-port")), "http": int(flag(args, "--http-port"))}
+    svc = k8s_object("Service", "splitfc-cloud")
+    assert svc["spec"]["clusterIP"] == "None"  # headless: per-pod addresses, per-request balancing downstream
+    assert svc["spec"]["selector"] == cloud["spec"]["selector"]["matchLabels"]
+    hpa = k8s_object("HorizontalPodAutoscaler", "splitfc-cloud")
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "splitfc-cloud"}
+    assert hpa["spec"]["minReplicas"] >= 2
+    # Envoy balances every call round robin over the headless Service, with gRPC health checks.
+    envoy = yaml.safe_load(k8s_object("ConfigMap", "splitfc-lb")["data"]["envoy.yaml"])
+    cluster = envoy["static_resources"]["clusters"][0]
+    assert cluster["type"] == "STRICT_DNS" and cluster["lb_policy"] == "ROUND_ROBIN"
+    assert "grpc_health_check" in cluster["health_checks"][0]
+    address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+    assert address == {"address": "splitfc-cloud.splitfc.svc.cluster.local", "port_value": ports["grpc"]}
+    job = k8s_object("Job", "splitfc-edge")
+    edge_args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert parse_splitfc(edge_args).func.__name__ == "cmd_edge_run"
+    lb_port = envoy["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"]
+    assert flag(edge_args, "--server") == f"splitfc-lb:{lb_port}"
+
+
+# -------------------------------------------------------------- locust, make
+
+
+def test_locustfile_loads_and_defines_a_grpc_user() -> None:
+    res = subprocess.run([sys.executable, "-m", "locust", "-f", str(DEPLOY / "locust" / "locustfile.py"), "--list"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["Available", "Users:", "SplitInferenceUser"]
+
+
+def test_makefile_targets() -> None:
+    res = subprocess.run(["make", "-n", "-o", ".venv/.installed", "loadtest", "netbench"], capture_output=True,
+                         text=True, cwd=ROOT)
+    assert res.returncode == 0, res.stderr
+    assert "deploy/loadtest.sh" in res.stdout
+    netbench = next(line for line in res.stdout.splitlines() if "splitfc netbench" in line)
+    parse_splitfc(netbench.split("splitfc ", 1)[1].split())
