@@ -107,6 +107,13 @@ def test_feature_folder_layouts(tmp_path: Path) -> None:
     assert [f.sample for f in read_feature_dir(tmp_path / "b", "llama3-csr", 10)] == ["arc_0"]
     with pytest.raises(SplitfcError, match="feature_test"):
         read_feature_dir(tmp_path / "b", "dinov2-seg", 1)
+    # a single `splitfc extract -o DIR` folder, recognised by its manifest
+    (tmp_path / "c").mkdir()
+    np.save(tmp_path / "c" / "x.npy", x)
+    (tmp_path / "c" / "manifest.json").write_text(json.dumps({"split": "dinov2-cls", "files": []}))
+    assert [f.sample for f in read_feature_dir(tmp_path / "c", "dinov2-cls", 5)] == ["x"]
+    with pytest.raises(SplitfcError):
+        read_feature_dir(tmp_path / "c", "dinov2-seg", 5)
 
 
 # ----------------------------------------------------------------------------- runs with a stand-in task layer

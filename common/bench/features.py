@@ -3,7 +3,8 @@
 Two folder layouts are read:
 
 * ``splitfc extract`` output: ``DIR/<split-id>/*.npy`` (a ``manifest.json`` beside
-  them is optional), e.g. ``DIR/dinov2-cls/0000.npy``;
+  them is optional), e.g. ``DIR/dinov2-cls/0000.npy``, or ``DIR`` itself when its
+  ``manifest.json`` names the split;
 * the paper's dataset (LaMoFC / FCM-LM): ``DIR/<model>/<task>/feature_test/*.npy``,
   e.g. ``DIR/dinov2/cls/feature_test/*.npy``, ``DIR/llama3/csr/feature_test``.
 
@@ -12,15 +13,20 @@ Samples are the ``.npy`` files sorted by name; the first ``n`` are used.
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from splitfc.common.bench.cache import atomic_write_bytes, file_sha256, safe_name
 from splitfc.common.errors import SplitfcError
 from splitfc.common.specs import get_split
+
+MANIFEST = "manifest.json"
+"""Same name and ``files`` entries as ``splitfc extract`` writes."""
 
 
 @dataclass(frozen=True)
@@ -39,7 +45,17 @@ def find_feature_dir(root: Path, split_id: str) -> Path | None:
     for candidate in (root / split_id, root / spec.family / spec.task / "feature_test"):
         if candidate.is_dir() and any(candidate.glob("*.npy")):
             return candidate
+    if _manifest(root).get("split") == split_id and any(root.glob("*.npy")):
+        return root
     return None
+
+
+def _manifest(folder: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def read_feature_dir(root: Path, split_id: str, n: int) -> list[FeatureFile]:
@@ -66,14 +82,10 @@ def extract_features(out_dir: Path, split_id: str, preset: str, n: int) -> list[
     from splitfc.common.bench import task
 
     folder = out_dir / split_id
-    manifest_path = folder / "manifest.json"
-    manifest: dict[str, object] = {}
-    if manifest_path.exists():
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except ValueError:
-            manifest = {}
-    entries: dict[str, str] = dict(manifest.get("samples", {})) if manifest.get("preset") == preset else {}  # type: ignore[arg-type]
+    manifest = _manifest(folder)
+    known: dict[str, dict[str, Any]] = {}
+    if manifest.get("preset") == preset and manifest.get("split") == split_id:
+        known = {f["file"]: f for f in manifest.get("files", []) if isinstance(f, dict) and "file" in f}
     if preset != "tiny":
         raise SplitfcError(
             f"the {preset} preset has no built-in samples here: extract features with the real data and pass "
@@ -82,20 +94,21 @@ def extract_features(out_dir: Path, split_id: str, preset: str, n: int) -> list[
     samples = task.samples(split_id, n)
     model = None
     result: list[FeatureFile] = []
+    files: list[dict[str, Any]] = []
     for sample in samples:
         name = safe_name(str(sample.id))
         path = folder / f"{name}.npy"
-        if not (path.exists() and entries.get(name) == path.name):
+        entry = known.get(path.name)
+        if not (path.exists() and entry is not None and entry.get("id") == str(sample.id)):
             if model is None:
                 model = task.split_model(split_id, preset)
             features = np.ascontiguousarray(model.head(sample.inputs))
-            import io
-
             buf = io.BytesIO()
             np.save(buf, features, allow_pickle=False)
             atomic_write_bytes(path, buf.getvalue())
-            entries[name] = path.name
+            entry = {"file": path.name, "id": str(sample.id), "shape": list(features.shape)}
+        files.append(entry)
         result.append(FeatureFile(split_id, name, path, file_sha256(path)))
-    manifest = {"split": split_id, "preset": preset, "samples": entries}
-    atomic_write_bytes(manifest_path, json.dumps(manifest, indent=1).encode())
+    manifest = {"split": split_id, "preset": preset, "source": "built-in samples", "files": files}
+    atomic_write_bytes(folder / MANIFEST, json.dumps(manifest, indent=2).encode())
     return result
