@@ -88,6 +88,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         samples=args.samples, jobs=args.jobs, qps=args.qps, qualities=args.qualities, output=args.output,
         anchor=args.anchor, plots=not args.no_plots, progress=not args.quiet,
     )
-    summary = run_bench(config)
+    try:
+        summary = run_bench(config)
+    except KeyboardInterrupt:
+        print(f"bench: interrupted; finished points are kept in {args.output / 'cache'}: "
+              "run the same command to resume", file=sys.stderr)
+        raise
     print(summary.text())
     return 0
