@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +138,7 @@ def fid_unavailable_reason(weights: Path | None = None) -> str | None:
     return None
 
 
+@lru_cache(maxsize=2)
 def _inception(weights: Path) -> Any:
     import torch
     from torchvision.models import inception_v3
@@ -167,19 +169,34 @@ def inception_features(images: Sequence[np.ndarray], weights: Path) -> np.ndarra
     return np.stack(feats)
 
 
-def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """Fréchet distance between Gaussians fitted to two feature sets (rows = samples)."""
-    from scipy import linalg
+def _psd_sqrt(m: np.ndarray) -> np.ndarray:
+    values, vectors = np.linalg.eigh((m + m.T) / 2)
+    return (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
 
+
+def trace_sqrt_product(a: np.ndarray, b: np.ndarray) -> float:
+    """``trace(sqrtm(cov(a) @ cov(b)))`` of two sample sets (rows = samples), without a general sqrtm.
+
+    With fewer samples than dimensions it is the nuclear norm of ``a_c @ b_c.T`` (centred)
+    over ``sqrt((n_a - 1)(n_b - 1))``; otherwise ``sum(sqrt(eig(S_a cov_b S_a)))`` with
+    ``S_a = cov_a ** 0.5``. Both are exact for covariance matrices (symmetric, PSD).
+    """
+    ac, bc = a - a.mean(axis=0), b - b.mean(axis=0)
+    scale = math.sqrt((len(a) - 1) * (len(b) - 1))
+    if min(len(a), len(b)) <= a.shape[1]:
+        return float(np.linalg.svd(ac @ bc.T, compute_uv=False).sum() / scale)
+    root = _psd_sqrt(ac.T @ ac / (len(a) - 1))
+    inner = root @ (bc.T @ bc / (len(b) - 1)) @ root
+    return float(np.sqrt(np.clip(np.linalg.eigvalsh((inner + inner.T) / 2), 0, None)).sum())
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets (rows = samples, 2+ each)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
-    cov_a = np.atleast_2d(np.cov(a, rowvar=False))
-    cov_b = np.atleast_2d(np.cov(b, rowvar=False))
-    covmean, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
-    if not np.isfinite(covmean).all():
-        eps = np.eye(cov_a.shape[0]) * 1e-6
-        covmean = linalg.sqrtm((cov_a + eps) @ (cov_b + eps))
-    covmean = np.real(covmean)
-    value = float(np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a) + np.trace(cov_b) - 2.0 * np.trace(covmean))
+    trace_a = float(np.sum(np.var(a, axis=0, ddof=1)))
+    trace_b = float(np.sum(np.var(b, axis=0, ddof=1)))
+    value = float(np.sum((mu_a - mu_b) ** 2)) + trace_a + trace_b - 2.0 * trace_sqrt_product(a, b)
     return max(0.0, value)
 
 
