@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint protos check-protos bench-codecs clean
+.PHONY: install demo test test-full lint protos bench-codecs clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -47,3 +47,7 @@ loadtest: $(STAMP)
 NETBENCH_RATES ?= 10
 netbench: $(STAMP)
 	$(BIN)/splitfc netbench $(foreach r,$(NETBENCH_RATES),--rate-mbit $(r)) --samples 8 --json results/netbench.json
+
+# Five-QP sweeps of every QP codec on the five full paper-size shapes (long: about 30-60 min on 2 cores).
+test-full: $(STAMP)
+	$(BIN)/python -m pytest -q -m paper_full tests/test_codecs.py
