@@ -17,6 +17,7 @@ import os
 import re
 import tempfile
 from collections.abc import Mapping
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,24 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def sha_of_files(paths: list[Path]) -> str:
+    """Short hex SHA-256 over the names and bytes of files (sorted)."""
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        h.update(p.name.encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+@cache
+def models_identity() -> str:
+    """Hash of the model package sources (features and tail outputs depend on them)."""
+    import splitfc.common.models as models_pkg
+
+    root = Path(next(iter(models_pkg.__path__)))
+    return sha_of_files(list(root.rglob("*.py")))
 
 
 def point_key(fields: Mapping[str, Any]) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from splitfc.common.bench.cache import atomic_write_bytes, file_sha256, safe_name
+from splitfc.common.bench.cache import atomic_write_bytes, file_sha256, models_identity, safe_name
 from splitfc.common.errors import SplitfcError
 from splitfc.common.specs import get_split
 
@@ -84,7 +84,8 @@ def extract_features(out_dir: Path, split_id: str, preset: str, n: int) -> list[
     folder = out_dir / split_id
     manifest = _manifest(folder)
     known: dict[str, dict[str, Any]] = {}
-    if manifest.get("preset") == preset and manifest.get("split") == split_id:
+    models = models_identity()
+    if (manifest.get("preset"), manifest.get("split"), manifest.get("models")) == (preset, split_id, models):
         known = {f["file"]: f for f in manifest.get("files", []) if isinstance(f, dict) and "file" in f}
     if preset != "tiny":
         raise SplitfcError(
@@ -109,6 +110,6 @@ def extract_features(out_dir: Path, split_id: str, preset: str, n: int) -> list[
             entry = {"file": path.name, "id": str(sample.id), "shape": list(features.shape)}
         files.append(entry)
         result.append(FeatureFile(split_id, name, path, file_sha256(path)))
-    manifest = {"split": split_id, "preset": preset, "source": "built-in samples", "files": files}
+    manifest = {"split": split_id, "preset": preset, "source": "built-in samples", "models": models, "files": files}
     atomic_write_bytes(folder / MANIFEST, json.dumps(manifest, indent=2).encode())
     return result

@@ -13,7 +13,6 @@ the machine's cores; the external codecs (VTM, VVenC, x265) run single-threaded.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import os
 import time
@@ -30,7 +29,7 @@ import numpy as np
 
 from splitfc.common.bench import task
 from splitfc.common.bench.aggregate import group_failures
-from splitfc.common.bench.cache import ResultCache, file_sha256, point_key
+from splitfc.common.bench.cache import ResultCache, file_sha256, models_identity, point_key, sha_of_files
 from splitfc.common.bench.features import FeatureFile, extract_features, read_feature_dir
 from splitfc.common.bench.memory import measure_peak
 from splitfc.common.errors import SplitfcError, UnknownNameError
@@ -121,14 +120,6 @@ class BenchSummary:
 # ----------------------------------------------------------------------------- identities
 
 
-def _sha_of_files(paths: list[Path]) -> str:
-    h = hashlib.sha256()
-    for p in sorted(paths):
-        h.update(p.name.encode())
-        h.update(p.read_bytes())
-    return h.hexdigest()[:16]
-
-
 @cache
 def codec_identity(name: str) -> dict[str, Any]:
     """What a codec's results depend on besides its input: source, version, settings."""
@@ -141,19 +132,10 @@ def codec_identity(name: str) -> dict[str, Any]:
     settings.pop("codec_timeout_s", None)
     return {
         "codec": name,
-        "source": _sha_of_files([Path(src)]) if src else None,
+        "source": sha_of_files([Path(src)]) if src else None,
         "version": str(getattr(cls, "version", "")),
         "settings": settings,
     }
-
-
-@cache
-def models_identity() -> str:
-    """Hash of the model package sources (tail outputs depend on them)."""
-    import splitfc.common.models as models_pkg
-
-    root = Path(next(iter(models_pkg.__path__)))
-    return _sha_of_files(list(root.rglob("*.py")))
 
 
 @cache
