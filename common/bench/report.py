@@ -23,6 +23,7 @@ from splitfc.common.bench.aggregate import aggregate_records, group_failures
 from splitfc.common.bench.analysis import accuracy_drop, as_quality, r_squared
 from splitfc.common.bench.bdrate import bd_rate
 from splitfc.common.bench.cache import ResultCache, atomic_write_bytes
+from splitfc.common.errors import SplitfcError
 from splitfc.common.specs import get_split
 
 if TYPE_CHECKING:
@@ -91,12 +92,18 @@ def build_results(config: BenchConfig, cache_: ResultCache, jobs: list[PointJob]
             for (s, c, rate), recs in by_point.items():
                 if s != split or c != codec:
                     continue
-                scored, per_sample = score_point(split, recs, refs, cache_)
+                try:
+                    scored, per_sample = score_point(split, recs, refs, cache_)
+                    error = None
+                except (SplitfcError, ValueError) as exc:
+                    scored, per_sample, error = None, [None] * len(recs), str(exc)
                 metric = None
                 if scored is not None:
                     metric, name, higher = scored
                 point = {"split": split, "codec": codec, "rate_name": _rate_name(codec), "rate": rate,
                          "metric_name": name, "metric": metric, **aggregate_records(recs)}
+                if error is not None:
+                    point["metric_error"] = error
                 if codec == ORIGINAL:
                     original_metric = metric
                 points.append(point)
@@ -214,6 +221,12 @@ def _fmt(v: Any, kind: str = "g", metric: str = "") -> str:
     return f"{v:.4g}"
 
 
+def _rates(results: dict[str, Any], codec: str) -> list[int]:
+    """A codec's rate points from the highest rate down (QP ascending, quality descending)."""
+    rates = {p["rate"] for p in results["points"] if p["codec"] == codec}
+    return sorted(rates, reverse=codec != ORIGINAL and _rate_name(codec) == "quality")
+
+
 def _label(split: str) -> str:
     return TASK_LABELS.get(get_split(split).task, split)
 
@@ -233,8 +246,7 @@ def table3(results: dict[str, Any]) -> str:
         head += [f"{label} BPFP", f"{label} {results['metrics'][s]['name']}", f"{label} MSE"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (3 * len(splits))]
     for codec in codecs:
-        rates = sorted({p["rate"] for p in results["points"] if p["codec"] == codec})
-        for rate in rates:
+        for rate in _rates(results, codec):
             rate_label = "-" if codec == ORIGINAL else f"{_rate_name(codec)} {rate}"
             row = [_codec_label(codec), rate_label]
             for s in splits:
@@ -261,7 +273,7 @@ def markdown_report(results: dict[str, Any]) -> str:
     ]
     by = {(p["split"], p["codec"], p["rate"]): p for p in results["points"]}
     for codec in codecs:
-        for rate in sorted({p["rate"] for p in results["points"] if p["codec"] == codec}):
+        for rate in _rates(results, codec):
             row = [codec, str(rate)]
             for s in splits:
                 p = by.get((s, codec, rate))

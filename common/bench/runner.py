@@ -18,7 +18,7 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from functools import cache
 from multiprocessing import get_context
@@ -349,7 +349,7 @@ def execute(config: BenchConfig, jobs: list[PointJob], cache_: ResultCache, summ
             for job in todo:
                 try:
                     record = compute_point(job)
-                except (SplitfcError, ValueError, RuntimeError) as exc:
+                except (SplitfcError, ValueError, RuntimeError, OSError) as exc:
                     done(job, None, exc)
                 else:
                     done(job, record, None)
@@ -400,7 +400,7 @@ def run_bench(config: BenchConfig) -> BenchSummary:
         raise SplitfcError("no split has features to benchmark: " + "; ".join(
             f"{k}: {v}" for k, v in summary.skipped_splits.items()))
     # References first and in-process: the codec points are scored against them.
-    ref_config = BenchConfig(**{**asdict(config), "jobs": 1, "stop_after": None, "on_point": None})
+    ref_config = replace(config, jobs=1, stop_after=None, on_point=None)
     execute(ref_config, refs, cache_, summary)
     execute(config, jobs, cache_, summary)
     results = report.build_results(config, cache_, refs + jobs, codecs, summary)
