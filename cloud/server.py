@@ -34,7 +34,7 @@ from splitfc.cloud.service import (
 )
 from splitfc.cloud.settings import CloudSettings
 from splitfc.common.errors import SplitfcError
-from splitfc.common.jsonlog import json_logger, silent_logger
+from splitfc.common.jsonlog import private_logger
 
 REQUEST_LOGGER = "splitfc.cloud.requests"
 
@@ -72,8 +72,7 @@ class CloudServer:
         self.settings = settings or CloudSettings()
         self.metrics = CloudMetrics()
         if logger is None:
-            name = f"{REQUEST_LOGGER}.{id(self)}"
-            logger = json_logger(name, self.settings.log_file) if self.settings.log_requests else silent_logger(name)
+            logger = private_logger(REQUEST_LOGGER, self.settings.log_file, enabled=self.settings.log_requests)
         self.service = SplitInferenceService(self.settings, self.metrics, logger, model_loader)
         self.health = health.aio.HealthServicer()
         self._grpc: grpc.aio.Server | None = None

@@ -61,6 +61,29 @@ def json_logger(name: str, destination: str | None = None, stream: Any = None) -
     return logger
 
 
+def private_logger(
+    name: str, destination: str | None = None, stream: Any = None, enabled: bool = True
+) -> logging.Logger:
+    """Like `json_logger`, but a logger object of its own, outside ``logging``'s registry.
+
+    Several servers in one process (tests, the demo) then keep separate handlers under one name.
+    ``enabled=False`` gives a logger that drops everything without formatting it.
+    """
+    logger = logging.Logger(name)
+    logger.propagate = False
+    if not enabled:
+        logger.setLevel(logging.CRITICAL + 1)
+        return logger
+    if destination:
+        handler: logging.Handler = logging.FileHandler(destination, encoding="utf-8")
+    else:
+        handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    return logger
+
+
 def silent_logger(name: str) -> logging.Logger:
     """A logger that drops everything (request logs turned off)."""
     logger = logging.getLogger(name)

@@ -263,3 +263,16 @@ def test_demo_prints_one_row_per_split(capsys: pytest.CaptureFixture[str], monke
     assert [r["config"]["split"] for r in reports] == ["dinov2-cls", "dinov2-seg", "dinov2-dpt", "llama3-csr",
                                                         "sd3-tti"]
     assert all(r["summary"]["errors"] == 0 for r in reports)
+
+
+def test_keepalive_and_message_limits_agree_with_the_cloud() -> None:
+    from splitfc.cloud.settings import CloudSettings
+
+    cloud, edge = CloudSettings(), EdgeSettings()
+    # A client pinging more often than the server permits is sent GOAWAY (too_many_pings).
+    assert edge.keepalive_time_ms >= cloud.min_ping_interval_ms
+    assert edge.max_message_bytes == cloud.max_message_bytes
+    assert edge.chunk_bytes < edge.max_message_bytes  # a chunk plus its header fits one message
+    options = dict(edge.grpc_options())
+    assert options["grpc.max_send_message_length"] == options["grpc.max_receive_message_length"] == 16 << 20
+    assert dict(cloud.grpc_options())["grpc.max_receive_message_length"] == 16 << 20

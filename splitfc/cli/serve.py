@@ -50,7 +50,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--qp", type=int, default=None, help="rate: QP (vvenc/hevc/vtm) or quality index; raw: omit")
     p.add_argument("--samples", type=_positive_int, default=8, help="number of samples (default 8)")
     p.add_argument("--preset", choices=["tiny", "paper"], default="tiny", help="model preset (default tiny)")
-    p.add_argument("--data", type=Path, help="input data instead of the tiny preset's built-in samples")
+    p.add_argument(
+        "--data", type=Path, metavar="PATH",
+        help="the split's data set under PATH (ImageNet/VOC/NYU/ARC/COCO layouts, see splitfc.common.data) "
+        "instead of the built-in samples",
+    )
     p.add_argument("--concurrency", type=_positive_int, default=1, help="requests in flight (default 1)")
     p.add_argument("--deadline", type=float, help="seconds per request, all retries included (default 60)")
     p.add_argument("--json", type=Path, metavar="OUT", help="write the full report (every request) as JSON")
