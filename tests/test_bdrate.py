@@ -108,3 +108,12 @@ def test_matches_the_bjontegaard_package_on_random_curves() -> None:
             continue
         theirs = bd.bd_rate(ra, qa, rb, qb, method="pchip", require_matching_points=False, min_overlap=0)
         assert math.isclose(ours, theirs, rel_tol=1e-9, abs_tol=1e-9)
+
+
+def test_swapping_anchor_and_test_inverts_the_rate_ratio() -> None:
+    # Same overlap both ways, so the mean log-rate difference changes sign:
+    # (1 + bd(a, b)) * (1 + bd(b, a)) == 1.
+    ab = bd_rate(*X265_ANCHOR, *X265_TEST).bd_rate
+    ba = bd_rate(*X265_TEST, *X265_ANCHOR).bd_rate
+    assert ab is not None and ba is not None
+    assert (1 + ab / 100) * (1 + ba / 100) == pytest.approx(1.0, abs=1e-12)
