@@ -31,7 +31,7 @@ protos: $(STAMP)
 	$(BIN)/python -m splitfc.protogen splitfc/v1
 
 bench-codecs: $(STAMP)
-	$(BIN)/splitfc bench codecs --split dinov2-cls -o results/codecs.json
+	$(BIN)/splitfc bench-codecs --split dinov2-cls -o results/codecs.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
