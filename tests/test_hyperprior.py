@@ -252,3 +252,19 @@ def test_frames_larger_than_a_tile_are_tiled_and_cropped_back() -> None:
     tile, strings = unpack_payload(msg.payload, lambda t: len(tiles(1100, 96, t)))
     assert tile == cfg.tile and len(strings) == len(tiles(1100, 96, cfg.tile)) == 2
     assert float(np.mean((np.clip(x, -5, 5) - y) ** 2)) < float(np.var(np.clip(x, -5, 5)))
+
+
+def test_generalize_command_reports_rate_distortion_and_task_metric(
+    feature_dirs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from splitfc.cli import main
+
+    out = tmp_path / "gen.json"
+    assert main(["generalize", "--trained-on", "dinov2-seg", "--split", "dinov2-cls", "--features",
+                 str(feature_dirs["dinov2-cls"]), "--qualities", "1,5", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [r["quality"] for r in rows] == [1, 5]
+    assert all(r["trained_on"] == "dinov2-seg" and r["split"] == "dinov2-cls" for r in rows)
+    assert rows[0]["bpfp"] < rows[1]["bpfp"]
+    assert all(r["metric"] == "top-1 accuracy" and 0 <= r["metric_value"] <= 100 for r in rows)
+    assert "| dinov2-cls | dinov2-seg | 1 |" in capsys.readouterr().out

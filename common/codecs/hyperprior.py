@@ -119,6 +119,13 @@ class HyperpriorCodec(FrameCodec):
     rates: ClassVar[tuple[int, ...]] = (1, 2, 3, 4, 5)
     rate_bounds: ClassVar[tuple[int, int]] = (1, 5)
 
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        directory = checkpoint_dir()
+        if not any(directory.glob("*/q*.safetensors")):
+            return f"no checkpoints in {directory} (splitfc train-codec, or set SPLITFC_HYPERPRIOR_DIR)"
+        return None
+
     def __init__(self, directory: Path | None = None, source_split: str | None = None) -> None:
         """``directory`` overrides the checkpoint folder; ``source_split`` codes every split with the
         checkpoints trained for that split (the generalizability run of paper Table 6)."""

@@ -32,18 +32,25 @@ def code_file(codec: Any, x: np.ndarray, split: str, quality: int) -> tuple[np.n
     return rec, len(enc.payload) * 8, t1 - t0, t2 - t1
 
 
-def task_scores(split: str, files: list[Path], decoded: list[np.ndarray]) -> tuple[str, float] | None:
-    """(metric name, value) of the split's task on decoded features, when the model helpers provide it."""
-    try:
-        from splitfc.common.learned.taskeval import score_features
-    except ImportError:
-        return None
-    return score_features(split, files, decoded)
+def task_scores(split: str, preset: str, originals: list[np.ndarray], decoded: list[np.ndarray]) -> tuple[str, float]:
+    """(metric name, value) of the split's task on decoded features.
+
+    The reference is the same pipeline on the original features (`score_outputs`), so
+    the uncoded features score 100 % accuracy / mIoU, 0 RMSE, or the PSNR cap for TTI.
+    """
+    from splitfc.common.metrics import score_outputs
+    from splitfc.common.models import get_split_model
+
+    model = get_split_model(split, preset)
+    refs = [model.tail(x) for x in originals]
+    outs = [model.tail(y) for y in decoded]
+    scored = score_outputs(split, outs, refs)
+    return str(scored["metric"]), float(scored["value"])
 
 
 def evaluate_checkpoints(
     split: str, trained_on: str, features: Path, qualities: list[int], directory: Path | None = None,
-    limit: int | None = None, task: bool = True,
+    limit: int | None = None, task: bool = True, preset: str = "tiny",
 ) -> list[dict[str, Any]]:
     """One row per quality: BPFP, MSE (vs the original features), task metric, ms per feature."""
     from splitfc.common.codecs.hyperprior import HyperpriorCodec
@@ -71,15 +78,9 @@ def evaluate_checkpoints(
             "bpfp": bits / points, "mse": float(np.mean(mses)),
             "encode_ms": 1000 * float(np.mean(enc_s)), "decode_ms": 1000 * float(np.mean(dec_s)),
         }
-        scored = task_scores(spec.id, files, decoded) if task else None
-        if scored is not None:
-            row["metric"], row["metric_value"] = scored
+        if task:
+            row["metric"], row["metric_value"] = task_scores(spec.id, preset, originals, decoded)
         rows.append(row)
-    if task:
-        scored = task_scores(spec.id, files, originals)
-        if scored is not None:
-            rows.append({"split": spec.id, "trained_on": "uncoded", "quality": None, "bpfp": 32.0, "mse": 0.0,
-                         "metric": scored[0], "metric_value": scored[1], "files": len(files)})
     return rows
 
 

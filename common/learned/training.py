@@ -52,6 +52,8 @@ class TrainOptions:
     save_every: int = 500
     quality: int | None = None
     tile: int = 1024
+    init: Path | None = None
+    """Start from this checkpoint's weights (same split, N and M) instead of a random init."""
     command: str = ""
 
 
@@ -139,6 +141,8 @@ def train_codec(
     identity = {"split": opts.split, "lambda": opts.lmbda, "N": opts.N, "M": opts.M, "patch": opts.patch,
                 "batch": opts.batch, "seed": opts.seed}
     start = 0
+    if opts.init is not None:
+        _init_from(model, opts)
     if resume and state_file.exists():
         meta = load_state(state_file, model, optimizers)
         if meta.get("identity") != identity:
@@ -188,6 +192,20 @@ def train_codec(
         seed=opts.seed, command=opts.command, validation=metrics,
     )
     return save_checkpoint(exported, cfg, output)
+
+
+def _init_from(model: FeatureHyperprior, opts: TrainOptions) -> None:
+    from splitfc.common.learned.checkpoint import load_checkpoint
+
+    assert opts.init is not None
+    source, cfg = load_checkpoint(opts.init, expect_split=opts.split)
+    if (cfg.N, cfg.M) != (opts.N, opts.M):
+        raise SplitfcError(f"--init {opts.init} has N={cfg.N} M={cfg.M}, this run N={opts.N} M={opts.M}")
+    weights = {k: v for k, v in source.state_dict().items() if k.rsplit(".", 1)[-1] not in _CDF_LEAVES}
+    torch.nn.Module.load_state_dict(model, weights, strict=False)
+
+
+_CDF_LEAVES = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
 
 
 def untrained_checkpoint(split: str, output: Path, N: int = 32, M: int = 32, seed: int = 0) -> HyperpriorConfig:

@@ -27,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--M", type=int, default=32, help="hyperprior channels M (default 32)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quality", type=int, choices=range(1, 6), help="quality index this λ serves (recorded)")
+    p.add_argument("--init", type=Path, help="start from this checkpoint of the same split (e.g. the next quality up)")
     p.add_argument("--dtype", choices=["float16", "float32"], default="float16", help="stored weight dtype")
     p.add_argument("--save-every", type=int, default=250, help="write resumable state every N steps")
     p.add_argument("--resume", action="store_true", help="continue from CKPT's .state.safetensors if present")
@@ -47,6 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--checkpoints", type=Path, help="checkpoint folder (default: SPLITFC_HYPERPRIOR_DIR/shipped)")
         p.add_argument("--limit", type=int, help="code at most this many feature files")
         p.add_argument("--no-task", action="store_true", help="skip the task metric")
+        p.add_argument("--preset", default="tiny", help="model preset that scores the task (default tiny)")
         p.add_argument("--json", type=Path, help="also write the rows as JSON here")
         p.set_defaults(func=cmd_eval)
 
@@ -60,6 +62,8 @@ def _command_line(args: argparse.Namespace) -> str:
         parts += ["--val-features", str(args.val_features)]
     if args.quality:
         parts += ["--quality", str(args.quality)]
+    if args.init:
+        parts += ["--init", str(args.init)]
     return shlex.join([*parts, "-o", str(args.output)])
 
 
@@ -87,7 +91,7 @@ def cmd_train_codec(args: argparse.Namespace) -> int:
     opts = TrainOptions(
         split=spec.id, lmbda=args.lmbda, steps=args.steps, patch=args.patch, batch=args.batch, lr=args.lr,
         N=args.N, M=args.M, seed=args.seed, weights_dtype=args.dtype, save_every=args.save_every,
-        quality=args.quality, command=_command_line(args),
+        quality=args.quality, init=args.init, command=_command_line(args),
     )
     cfg = train_codec(opts, load_frames(train_files, spec), load_frames(val_files, spec), args.output,
                       resume=args.resume, progress=not args.no_progress)
@@ -105,6 +109,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     rows = evaluate_checkpoints(
         split=args.split, trained_on=getattr(args, "trained_on", None) or args.split, features=args.features,
         qualities=qualities, directory=args.checkpoints, limit=args.limit, task=not args.no_task,
+        preset=args.preset,
     )
     print(format_table(rows))
     if args.json:
