@@ -314,3 +314,22 @@ def test_killed_cli_run_resumes_without_recomputing(tmp_path: Path) -> None:
     for path, data in done_before.items():
         assert Path(path).read_bytes() == data
     assert len(list(codec_dir.rglob("*.json"))) == 20
+
+
+def test_task_metric_is_scored_over_all_samples_of_a_point(tmp_path: Path, fake_task: None) -> None:
+    from splitfc.common.bench.report import score_point
+
+    cache = ResultCache(tmp_path)
+    refs = {f"s{i}": TaskOutput(task="cls", label=i) for i in range(3)}
+    records = []
+    for i, label in enumerate([0, 1, 7]):  # the third sample disagrees with its reference
+        rec = {"split": "dinov2-cls", "codec": "x", "rate": 1, "sample": f"s{i}", "key": point_key({"i": i}),
+               "output": {"task": "cls", "label": label, "choices": []}}
+        cache.put(rec, {"probs": np.zeros(2, np.float32)})
+        records.append(cache.get("dinov2-cls", "x", 1, f"s{i}", rec["key"]))
+    scored, per_sample = score_point("dinov2-cls", records, refs, cache)
+    assert scored is not None and scored.value == pytest.approx(200 / 3)
+    assert per_sample == [100.0, 100.0, 0.0]
+    # a sample without a reference is left out of the score, not counted as wrong
+    scored, per_sample = score_point("dinov2-cls", records, {"s0": refs["s0"]}, cache)
+    assert scored is not None and scored.value == 100.0 and per_sample == [100.0, None, None]

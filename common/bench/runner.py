@@ -92,6 +92,8 @@ class BenchSummary:
     """One line per failed point: ``split codec@rate sample: error``."""
     skipped_codecs: dict[str, str] = field(default_factory=dict)
     skipped_splits: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    """BD-rates left undefined (curves that do not overlap, too few points)."""
     wall_s: float = 0.0
     files: list[str] = field(default_factory=list)
 
@@ -104,6 +106,7 @@ class BenchSummary:
             lines.append(f"  skipped codec {name}: {why}")
         for name, why in self.skipped_splits.items():
             lines.append(f"  skipped split {name}: {why}")
+        lines.extend(f"  warning: {w}" for w in self.warnings)
         for (split, codec, error), count in self.failure_groups().items():
             lines.append(f"  failed: {codec} on {split}, {count} point(s): {error}")
         lines.extend(f"  wrote {f}" for f in self.files)
@@ -404,6 +407,10 @@ def run_bench(config: BenchConfig) -> BenchSummary:
     execute(ref_config, refs, cache_, summary)
     execute(config, jobs, cache_, summary)
     results = report.build_results(config, cache_, refs + jobs, codecs, summary)
+    summary.warnings = [
+        f"BD-rate {e['split']} {e['test']} vs {e['anchor']} undefined: " + "; ".join(e["notes"])
+        for e in results["bd_rate"] if e["bd_rate"] is None and e["anchor"] == results["config"]["anchor"]
+    ]
     summary.wall_s = time.perf_counter() - start
     results["summary"] = summary.as_dict()
     summary.files = report.write_all(config, results)
