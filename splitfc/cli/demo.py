@@ -68,6 +68,7 @@ def demo_table(rows: list[dict[str, Any]]) -> str:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()  # before the heavy imports (torch, transformers, grpc): they count too
     from splitfc.cloud.server import ServerThread
     from splitfc.cloud.settings import CloudSettings
     from splitfc.common.codecs import get_codec
@@ -82,7 +83,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if qp is None:
         qp = get_codec(codec).rates[len(get_codec(codec).rates) // 2] if get_codec(codec).rates else 0
     get_codec(codec).require_available()
-    t0 = time.perf_counter()
     settings = CloudSettings(grpc_port=0, http_port=0, preset="tiny", splits=args.splits, log_requests=args.log)
     splits = settings.split_ids()
     edge_log = json_logger("splitfc.edge.requests") if args.log else silent_logger("splitfc.edge.requests")
@@ -110,7 +110,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     finally:
         cloud.stop()
     print(demo_table(rows))
-    print(f"total {time.perf_counter() - t0:.1f} s (cloud start-up and model loading included)")
+    print(f"total {time.perf_counter() - t0:.1f} s (imports, cloud start-up and model loading included)")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
