@@ -121,13 +121,30 @@ def test_compose_wiring_is_consistent() -> None:
         assert (ROOT / path).exists(), path
 
 
-def test_docker_compose_config_is_valid() -> None:
+def compose_cli() -> list[str] | None:
+    """`docker compose` (v2 plugin) or `docker-compose` (v1, Debian's package), whichever is here."""
     docker = shutil.which("docker")
-    if docker is None or subprocess.run([docker, "compose", "version"], capture_output=True).returncode != 0:
-        pytest.skip("the docker compose CLI plugin is not installed here")
-    res = subprocess.run([docker, "compose", "-f", str(ROOT / "docker-compose.yml"), "config", "--quiet"],
+    if docker and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0:
+        return [docker, "compose"]
+    legacy = shutil.which("docker-compose")
+    return [legacy] if legacy else None
+
+
+def test_docker_compose_config_is_valid(tmp_path: Path) -> None:
+    cli = compose_cli()
+    if cli is None:
+        pytest.skip("neither the docker compose plugin nor docker-compose is installed")
+    res = subprocess.run([*cli, "-f", str(ROOT / "docker-compose.yml"), "config", "--quiet"],
                          capture_output=True, text=True, cwd=ROOT)
     assert res.returncode == 0, res.stderr
+    # The validator does reject a broken file (a misspelt service key).
+    broken = (ROOT / "docker-compose.yml").read_text().replace("    healthcheck:", "    healthchek:", 1)
+    (tmp_path / "docker-compose.yml").write_text(broken)
+    for sub in ("deploy", "deploy/nginx", "deploy/prometheus", "deploy/grafana"):
+        (tmp_path / sub).mkdir(parents=True, exist_ok=True)
+    res = subprocess.run([*cli, "-f", str(tmp_path / "docker-compose.yml"), "config", "--quiet"],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert res.returncode != 0 and "healthchek" in res.stdout + res.stderr
 
 
 # --------------------------------------------------------------- Dockerfile
