@@ -14,7 +14,8 @@ Loaders (each returns ``list[Sample]`` in a fixed, sorted order):
   ``answerKey``) or Hugging Face ``.parquet``/``.jsonl`` (``question``, ``choices.text``,
   ``choices.label``, ``answerKey``).
 * `coco_captions` COCO 2017 captions (``captions_val2017.json``): the first caption of each
-  image, with the image path as target when an images folder is given (for FID).
+  image, with the image path as target when an images folder is given or ``val2017/`` lies
+  beside ``annotations/`` (for FID).
 
 `load_samples` picks the loader for a split; ``train=True`` keeps the samples whose id
 hashes into the training fifth (``crc32(id) % 5 == 0``), ``train=False`` the others, so
@@ -88,12 +89,18 @@ def read_depth_png(path: Path, scale: float = 1000.0) -> np.ndarray:
     return arr.astype(np.float32) / scale
 
 
-def _limit(samples: Iterable[Sample], n: int | None) -> list[Sample]:
+Keep = Callable[[str], bool] | None
+"""An optional predicate on sample ids: loaders read only the files of the ids it keeps."""
+
+
+def _select(items: Iterable[tuple[str, Any]], n: int | None, keep: Keep) -> list[tuple[str, Any]]:
+    """The first ``n`` ``(id, item)`` pairs whose id ``keep`` accepts (all when ``n`` is None)."""
     out = []
-    for s in samples:
+    for sample_id, item in items:
         if n is not None and len(out) >= n:
             break
-        out.append(s)
+        if keep is None or keep(sample_id):
+            out.append((sample_id, item))
     return out
 
 
@@ -106,7 +113,9 @@ def is_train_id(sample_id: str) -> bool:
 # loaders of the paper's sources
 
 
-def imagenet_val(root: Path | str, n: int | None = None, labels: Path | str | None = None) -> list[Sample]:
+def imagenet_val(
+    root: Path | str, n: int | None = None, labels: Path | str | None = None, keep: Keep = None
+) -> list[Sample]:
     """ImageNet validation images with class ids (see module doc for the layouts)."""
     root = _require(Path(root), "ImageNet folder")
     if labels is not None:
@@ -116,7 +125,8 @@ def imagenet_val(root: Path | str, n: int | None = None, labels: Path | str | No
             if len(parts) >= 2:
                 table[Path(parts[0]).name] = int(parts[1])
         files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.name in table)
-        return [Sample(p.stem, read_image(p), table[p.name]) for p in _limit_paths(files, n)]
+        chosen = _select(((p.stem, p) for p in files), n, keep)
+        return [Sample(i, read_image(p), table[p.name]) for i, p in chosen]
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
     if not classes:
         raise DataError(f"no class folders in {root} (expected ROOT/<wnid>/*.JPEG or a labels file)")
@@ -127,11 +137,8 @@ def imagenet_val(root: Path | str, n: int | None = None, labels: Path | str | No
         if p.suffix.lower() in IMAGE_SUFFIXES
     ]
     files.sort(key=lambda pl: pl[0].name)
-    return [Sample(p.stem, read_image(p), label) for p, label in files[: n if n is not None else None]]
-
-
-def _limit_paths(paths: list[Path], n: int | None) -> list[Path]:
-    return paths if n is None else paths[:n]
+    chosen = _select(((p.stem, (p, label)) for p, label in files), n, keep)
+    return [Sample(i, read_image(p), label) for i, (p, label) in chosen]
 
 
 def _voc_root(root: Path) -> Path:
@@ -141,7 +148,7 @@ def _voc_root(root: Path) -> Path:
     raise DataError(f"no VOC2012 layout under {root} (expected ImageSets/Segmentation/<split>.txt)")
 
 
-def voc2012(root: Path | str, split: str = "val", n: int | None = None) -> list[Sample]:
+def voc2012(root: Path | str, split: str = "val", n: int | None = None, keep: Keep = None) -> list[Sample]:
     """VOC 2012 segmentation images and class-index masks."""
     base = _voc_root(_require(Path(root), "VOC2012 folder"))
     ids_file = _require(base / "ImageSets" / "Segmentation" / f"{split}.txt", "VOC split file")
@@ -149,11 +156,13 @@ def voc2012(root: Path | str, split: str = "val", n: int | None = None) -> list[
     return [
         Sample(i, read_image(base / "JPEGImages" / f"{i}.jpg"),
                read_index_png(base / "SegmentationClass" / f"{i}.png"))
-        for i in _limit_paths(ids, n)  # type: ignore[arg-type]
+        for i, _ in _select(((i, i) for i in ids), n, keep)
     ]
 
 
-def nyu_depth_v2(root: Path | str, split_file: Path | str | None = None, n: int | None = None) -> list[Sample]:
+def nyu_depth_v2(
+    root: Path | str, split_file: Path | str | None = None, n: int | None = None, keep: Keep = None
+) -> list[Sample]:
     """NYU-Depth-v2 RGB images with depth in metres (BTS test layout)."""
     root = _require(Path(root), "NYU-Depth-v2 folder")
     pairs: list[tuple[Path, Path]] = []
@@ -169,11 +178,12 @@ def nyu_depth_v2(root: Path | str, split_file: Path | str | None = None, n: int 
                 pairs.append((rgb, depth))
     if not pairs:
         raise DataError(f"no NYU-Depth-v2 pairs under {root} (rgb_*.jpg with sync_depth_*.png, or a split file)")
-    out = []
-    for rgb, depth in _limit_paths(pairs, n):  # type: ignore[arg-type]
+    def pair_id(rgb: Path) -> str:
         rel = rgb.relative_to(root) if rgb.is_relative_to(root) else Path(rgb.name)
-        out.append(Sample(str(rel.with_suffix("")).replace("/", "_"), read_image(rgb), read_depth_png(depth)))
-    return out
+        return str(rel.with_suffix("")).replace("/", "_")
+
+    chosen = _select(((pair_id(rgb), (rgb, depth)) for rgb, depth in pairs), n, keep)
+    return [Sample(i, read_image(rgb), read_depth_png(depth)) for i, (rgb, depth) in chosen]
 
 
 def _arc_record(rec: dict[str, Any]) -> Sample:
@@ -194,7 +204,7 @@ def _arc_record(rec: dict[str, Any]) -> Sample:
     return Sample(str(rec["id"]), mc, original.index(key))
 
 
-def arc_challenge(path: Path | str, n: int | None = None) -> list[Sample]:
+def arc_challenge(path: Path | str, n: int | None = None, keep: Keep = None) -> list[Sample]:
     """ARC-Challenge questions from a ``.jsonl`` or ``.parquet`` file (labels 1-4 become A-D)."""
     path = _require(Path(path), "ARC-Challenge file")
     if path.suffix == ".parquet":
@@ -214,13 +224,14 @@ def arc_challenge(path: Path | str, n: int | None = None) -> list[Sample]:
     else:
         raise DataError(f"ARC-Challenge file must be .jsonl or .parquet, got {path.name}")
     try:
-        return [_arc_record(r) for r in _limit(records, n)]  # type: ignore[arg-type]
+        return [_arc_record(r) for _, r in _select(((str(r["id"]), r) for r in records), n, keep)]
     except (KeyError, TypeError) as exc:
         raise DataError(f"{path}: record without the ARC field {exc}") from None
 
 
 def coco_captions(
-    path: Path | str, n: int | None = None, images_dir: Path | str | None = None, seed: int = 0
+    path: Path | str, n: int | None = None, images_dir: Path | str | None = None, seed: int = 0,
+    keep: Keep = None,
 ) -> list[Sample]:
     """COCO captions: one prompt per image (its lowest-id caption), target = image path if ``images_dir``."""
     path = _require(Path(path), "COCO captions file")
@@ -230,11 +241,13 @@ def coco_captions(
     except (json.JSONDecodeError, KeyError, TypeError):
         raise DataError(f"{path} is not a COCO captions json (needs 'annotations')") from None
     files = {img["id"]: img["file_name"] for img in doc.get("images", [])}
+    if images_dir is None and (path.parent.parent / "val2017").is_dir():  # COCO layout: annotations/ beside val2017/
+        images_dir = path.parent.parent / "val2017"
     first: dict[int, dict[str, Any]] = {}
     for ann in sorted(annotations, key=lambda a: a["id"]):
         first.setdefault(ann["image_id"], ann)
     out = []
-    for image_id in sorted(first)[: n if n is not None else None]:
+    for _, image_id in _select(((f"{i:012d}", i) for i in sorted(first)), n, keep):
         caption = " ".join(str(first[image_id]["caption"]).split())
         target = None
         if images_dir is not None:
@@ -255,9 +268,7 @@ LOADERS: dict[str, Callable[..., list[Sample]]] = {
 def load_samples(split_id: str, path: Path | str, n: int | None = None, train: bool = False) -> list[Sample]:
     """Samples of a split's paper data set from a local path; ``train`` selects the disjoint training fifth."""
     task = get_split(split_id).task
-    everything = LOADERS[task](path)
-    chosen = [s for s in everything if is_train_id(s.id) == train]
-    return chosen if n is None else chosen[:n]
+    return LOADERS[task](path, n=n, keep=lambda sample_id: is_train_id(sample_id) == train)
 
 
 # --------------------------------------------------------------------------------------------

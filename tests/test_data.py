@@ -163,6 +163,11 @@ def test_coco_captions(tmp_path: Path) -> None:
     path = tmp_path / "captions_val2017.json"
     path.write_text(json.dumps(doc))
     samples = coco_captions(path, images_dir=tmp_path / "val2017")
+    (tmp_path / "images" / "val2017").mkdir(parents=True)
+    (tmp_path / "images" / "annotations").mkdir()
+    layout = tmp_path / "images" / "annotations" / "captions_val2017.json"
+    layout.write_text(json.dumps(doc))
+    assert coco_captions(layout)[0].target == tmp_path / "images" / "val2017" / "000000000139.jpg"
     assert [s.id for s in samples] == ["000000000139", "000000000285"]
     assert samples[0].inputs == Prompt("A living room.", 139)
     assert samples[1].inputs.text == "A big brown bear."
@@ -185,6 +190,20 @@ def test_load_samples_partitions_train_and_eval(tmp_path: Path) -> None:
         load_samples("llama3-csr", tmp_path / "missing.jsonl")
     with pytest.raises(UnknownNameError, match="valid splits"):
         load_samples("bert-qa", path)
+
+
+def test_load_samples_reads_only_the_chosen_files(tmp_path: Path) -> None:
+    ids = [f"ILSVRC2012_val_{i:08d}" for i in range(1, 30)]
+    train_ids = [i for i in ids if is_train_id(i)]
+    eval_ids = [i for i in ids if not is_train_id(i)]
+    for i in eval_ids:
+        _save_png(tmp_path / "n01440764" / f"{i}.png", _rgb(1, 4, 4))
+    for i in train_ids:  # unreadable: must not be opened for the evaluation set
+        (tmp_path / "n01440764" / f"{i}.png").write_bytes(b"not an image")
+    samples = load_samples("dinov2-cls", tmp_path, n=5)
+    assert [s.id for s in samples] == eval_ids[:5]
+    with pytest.raises(DataError, match="cannot read image"):
+        load_samples("dinov2-cls", tmp_path, n=1, train=True)
 
 
 @pytest.mark.parametrize("split", list(SPLITS))
