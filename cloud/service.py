@@ -35,7 +35,6 @@ from splitfc.common.bitstream import (
     bitstream_stats,
     decode_features,
     parse_bitstream,
-    validate_bitstream,
 )
 from splitfc.common.codecs import CODECS
 from splitfc.common.errors import CodecUnavailableError, ShapeError, SplitfcError, UnknownNameError
@@ -186,34 +185,37 @@ class SplitInferenceService:
         )
 
     # -- the work (runs in a worker thread) --------------------------------------------------
+    def _check_shape(self, split: str, shape: tuple[int, ...]) -> None:
+        """Raise `ShapeError` unless ``shape`` fits the split's layout and the served model."""
+        SPLITS[split].check_shape(shape)
+        expected = self.models[split].expected_shape()
+        fits = len(shape) == len(expected) and all(e is None or e == d for e, d in zip(expected, shape, strict=True))
+        if not fits:
+            exp = "x".join("N" if e is None else str(e) for e in expected)
+            raise ShapeError(
+                f"declared shape {'x'.join(map(str, shape))} does not fit split {split} "
+                f"as served ({self.settings.preset} preset expects {exp})"
+            )
+
     def _work(self, data: bytes | bpb.FeatureBitstream, rec: RequestRecord) -> tuple[svc.TaskResult, float, float]:
         t0 = time.perf_counter()
         try:
             msg = parse_bitstream(data) if isinstance(data, bytes) else data
             rec.split, rec.codec, rec.qp = msg.split or None, msg.codec.codec or None, msg.codec.rate
-            spec = validate_bitstream(msg, self.settings.max_elements_for(msg.split) if msg.split in SPLITS else None)
-            model = self.models.get(spec.id)
-            if model is None:
-                raise RequestFailed(
-                    grpc.StatusCode.NOT_FOUND,
-                    f"split {spec.id} is not served here (serving: {', '.join(self.split_ids)})",
-                    "split_not_served",
-                )
-            shape = tuple(int(d) for d in msg.tensors[0].shape)
-            expected = model.expected_shape()
-            fits = len(shape) == len(expected) and all(
-                e is None or e == d for e, d in zip(expected, shape, strict=True)
-            )
-            if not fits:
-                exp = "x".join("N" if e is None else str(e) for e in expected)
-                raise ShapeError(
-                    f"declared shape {'x'.join(map(str, shape))} does not fit split {spec.id} "
-                    f"as served ({self.settings.preset} preset expects {exp})"
-                )
-            limit = self.max_elements(spec.id)
-            if prod(shape) > limit:
-                raise SplitfcError(f"declared shape {shape} has {prod(shape)} elements, over the limit of {limit}")
-            features = decode_features(msg, limit)
+            split = msg.split
+            if msg.format_version == FORMAT_VERSION and split in SPLITS:
+                # Cheap checks against the loaded model first; decode_features then validates the
+                # rest (codec, element limit, CRC, pre-processing header) once, before allocating.
+                if split not in self.models:
+                    raise RequestFailed(
+                        grpc.StatusCode.NOT_FOUND,
+                        f"split {split} is not served here (serving: {', '.join(self.split_ids)})",
+                        "split_not_served",
+                    )
+                if len(msg.tensors) == 1:
+                    self._check_shape(split, tuple(int(d) for d in msg.tensors[0].shape))
+            features = decode_features(msg, self.max_elements(split) if split in SPLITS else None)
+            model = self.models[split]
             rec.stats = bitstream_stats(msg).as_dict()
         except RequestFailed:
             raise
@@ -227,7 +229,7 @@ class SplitInferenceService:
         except Exception as exc:
             self.log.exception("tail failed", extra={"fields": {"request_id": rec.request_id}})
             raise RequestFailed(
-                grpc.StatusCode.INTERNAL, f"tail of {spec.id} failed: {type(exc).__name__}: {exc}"
+                grpc.StatusCode.INTERNAL, f"tail of {split} failed: {type(exc).__name__}: {exc}"
             ) from None
         return result, t1 - t0, time.perf_counter() - t1
 

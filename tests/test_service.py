@@ -180,6 +180,15 @@ def _huge_shape_tiny_payload() -> bytes:
     return m.SerializeToString()
 
 
+def _huge_token_count_tiny_payload() -> bytes:
+    """llama3-csr takes any token count: only the element limit stops this one."""
+    m = _msg("llama3-csr")
+    m.tensors[0].shape[0] = 1 << 30
+    m.payload = b"\x00" * 8
+    m.payload_crc32 = zlib.crc32(m.payload)
+    return m.SerializeToString()
+
+
 def _unknown_codec() -> bytes:
     m = _msg()
     m.codec.codec = "no-such-codec"
@@ -206,7 +215,10 @@ BAD_INPUTS = {
     "crc_mismatch": (_crc_mismatch, "INVALID_ARGUMENT", "CRC32 mismatch", "crc"),
     "shape_off_by_one": (_shape_off_by_one, "INVALID_ARGUMENT", "does not fit split dinov2-cls", "shape"),
     "wrong_rank": (_wrong_rank, "INVALID_ARGUMENT", "expects a 2-d tensor", "shape"),
-    "huge_shape_tiny_payload": (_huge_shape_tiny_payload, "INVALID_ARGUMENT", "over the limit", "too_many_elements"),
+    "huge_shape_tiny_payload": (_huge_shape_tiny_payload, "INVALID_ARGUMENT", "does not fit split dinov2-cls",
+                                "shape"),
+    "huge_token_count_tiny_payload": (_huge_token_count_tiny_payload, "INVALID_ARGUMENT", "over the limit",
+                                      "too_many_elements"),
     "unknown_codec": (_unknown_codec, "INVALID_ARGUMENT", "unknown codec 'no-such-codec'", "unknown_codec"),
     "unknown_split": (_unknown_split, "INVALID_ARGUMENT", "unknown split 'resnet-cls'", "unknown_name"),
     "future_version": (_future_version, "INVALID_ARGUMENT", "unsupported bitstream format version 99", "version"),
@@ -224,8 +236,9 @@ def test_bad_input_is_answered_counted_and_survived(cloud: ServerThread, case: s
         metric(cloud, total, split=s, codec=c, status=status)
         for s in (*ALL_SPLITS, "unknown") for c in ("raw", "unknown")
     )
-    before_reason = metric(cloud, "splitfc_cloud_decode_errors_total", split="dinov2-cls", codec="raw",
-                           reason=reason or "")
+    split = "llama3-csr" if "token" in case else "dinov2-cls"
+    errors = "splitfc_cloud_decode_errors_total"
+    before_reason = metric(cloud, errors, split=split, codec="raw", reason=reason or "")
     request = svc.InferRequest(request_id=f"bad-{case}") if data is None else svc.InferRequest(
         request_id=f"bad-{case}", bitstream=data)
     t0 = time.perf_counter()
@@ -233,7 +246,7 @@ def test_bad_input_is_answered_counted_and_survived(cloud: ServerThread, case: s
         stub.Infer(request, timeout=30)
     assert info.value.code().name == status
     assert fragment in info.value.details() and info.value.details()
-    if case == "huge_shape_tiny_payload":
+    if case.startswith("huge"):
         assert time.perf_counter() - t0 < 5  # rejected from the header, nothing allocated
     after = sum(
         metric(cloud, total, split=s, codec=c, status=status)
@@ -241,8 +254,7 @@ def test_bad_input_is_answered_counted_and_survived(cloud: ServerThread, case: s
     )
     assert after == before + 1
     if reason is not None and case not in ("unknown_codec", "unknown_split"):
-        assert metric(cloud, "splitfc_cloud_decode_errors_total", split="dinov2-cls", codec="raw",
-                      reason=reason) == before_reason + 1
+        assert metric(cloud, errors, split=split, codec="raw", reason=reason) == before_reason + 1
     good, _ = raw_bitstream("dinov2-cls")
     assert stub.Infer(svc.InferRequest(bitstream=good), timeout=60).result.task == "cls"
 
