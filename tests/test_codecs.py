@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -88,7 +90,7 @@ def test_bpfp_falls_strictly_as_qp_rises(codec: str, split: str, make_features) 
     _require(codec)
     x = make_features(SWEEP_SHAPES[split], seed=4)
     rates = [_check_round_trip(x, split, codec, qp) for qp in CODECS[codec].rates]
-    assert all(a > b for a, b in zip(rates, rates[1:], strict=False)), rates
+    assert all(a > b for a, b in itertools.pairwise(rates)), rates
 
 
 @pytest.mark.paper_full
@@ -98,7 +100,7 @@ def test_bpfp_falls_strictly_on_paper_shapes(codec: str, split: str, make_featur
     _require(codec)
     x = make_features(PAPER_SHAPES[split], seed=3)
     rates = [_check_round_trip(x, split, codec, qp) for qp in CODECS[codec].rates]
-    assert all(a > b for a, b in zip(rates, rates[1:], strict=False)), rates
+    assert all(a > b for a, b in itertools.pairwise(rates)), rates
 
 
 @pytest.mark.parametrize("codec", QP_CODECS)

@@ -97,7 +97,7 @@ def test_grouped_ranges_follow_the_layer_axis() -> None:
     spec = get_split("dinov2-dpt")
     ranges = spec.ranges(TruncationColumn.VTM)
     x = np.zeros((2, 4, 3, 5), dtype=np.float32)
-    for layer, (low, high) in enumerate(ranges):
+    for layer, (_, high) in enumerate(ranges):
         x[:, layer] = high * 10  # far above each layer's range
     q = quantize(x, ranges, spec.group_axis)
     assert np.all(q == 1023)

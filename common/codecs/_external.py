@@ -57,10 +57,16 @@ def ffmpeg_has(component: str, kind: str) -> bool:
     return any(line.split()[1:2] == [component] for line in out.decode(errors="replace").splitlines() if line.strip())
 
 
-def pad_frame(frame: np.ndarray, multiple: int) -> np.ndarray:
-    """Pad a 2-D frame on the bottom/right to a multiple of ``multiple`` by edge replication."""
+def padded_size(size: int, multiple: int, minimum: int) -> int:
+    """``size`` rounded up to a multiple of ``multiple``, and at least ``minimum``."""
+    return max(size + (-size % multiple), minimum)
+
+
+def pad_frame(frame: np.ndarray, multiple: int, minimum: int = 0) -> np.ndarray:
+    """Pad a 2-D frame on the bottom/right by edge replication to a multiple of ``multiple``
+    (and at least ``minimum`` in each dimension)."""
     h, w = frame.shape
-    ph, pw = -h % multiple, -w % multiple
+    ph, pw = padded_size(h, multiple, minimum) - h, padded_size(w, multiple, minimum) - w
     if ph == 0 and pw == 0:
         return frame
     return np.pad(frame, ((0, ph), (0, pw)), mode="edge")

@@ -8,13 +8,22 @@ from typing import ClassVar
 import numpy as np
 
 from splitfc.common.codecs import register_codec
-from splitfc.common.codecs._external import check_decoded_size, ffmpeg_has, ffmpeg_path, pad_frame, run_program
+from splitfc.common.codecs._external import (
+    check_decoded_size,
+    ffmpeg_has,
+    ffmpeg_path,
+    pad_frame,
+    padded_size,
+    run_program,
+)
 from splitfc.common.codecs.base import FrameCodec
 from splitfc.common.errors import SplitfcError
 from splitfc.common.settings import codec_settings
 from splitfc.common.specs import TruncationColumn
 
 PAD_MULTIPLE = 8
+# Encoders refuse very small pictures (x265 below 16 rows, VVenC at 8x16): pad up to this.
+MIN_SIZE = 32
 
 
 @cache
@@ -45,7 +54,7 @@ class HevcCodec(FrameCodec):
         return _hevc_support()
 
     def encode_frame(self, frame: np.ndarray, rate: int) -> tuple[bytes, dict[str, str]]:
-        padded = pad_frame(frame, PAD_MULTIPLE)
+        padded = pad_frame(frame, PAD_MULTIPLE, MIN_SIZE)
         h, w = padded.shape
         preset = codec_settings().x265_preset
         params = f"qp={rate}:keyint=1:aq-mode=0:info=0:log-level=error:pools=1:frame-threads=1"
@@ -61,7 +70,7 @@ class HevcCodec(FrameCodec):
     def decode_frame(
         self, payload: bytes, height: int, width: int, rate: int, extra: dict[str, str]
     ) -> np.ndarray:
-        ph, pw = height + (-height % PAD_MULTIPLE), width + (-width % PAD_MULTIPLE)
+        ph, pw = padded_size(height, PAD_MULTIPLE, MIN_SIZE), padded_size(width, PAD_MULTIPLE, MIN_SIZE)
         args = [
             ffmpeg_path(), "-hide_banner", "-loglevel", "error", "-nostdin",
             "-f", "hevc", "-i", "pipe:0", "-frames:v", "1",

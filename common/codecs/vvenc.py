@@ -14,7 +14,14 @@ from typing import ClassVar
 import numpy as np
 
 from splitfc.common.codecs import register_codec
-from splitfc.common.codecs._external import check_decoded_size, ffmpeg_has, ffmpeg_path, pad_frame, run_program
+from splitfc.common.codecs._external import (
+    check_decoded_size,
+    ffmpeg_has,
+    ffmpeg_path,
+    pad_frame,
+    padded_size,
+    run_program,
+)
 from splitfc.common.codecs.base import FrameCodec
 from splitfc.common.errors import SplitfcError
 from splitfc.common.settings import codec_settings
@@ -22,6 +29,8 @@ from splitfc.common.specs import TruncationColumn
 
 # VVC codes pictures in multiples of the minimum CU size; pad and crop ourselves.
 PAD_MULTIPLE = 8
+# Encoders refuse very small pictures (x265 below 16 rows, VVenC at 8x16): pad up to this.
+MIN_SIZE = 32
 MID_GREY_10BIT = 512
 
 
@@ -60,7 +69,7 @@ class VvencCodec(FrameCodec):
         return _vvc_support()
 
     def encode_frame(self, frame: np.ndarray, rate: int) -> tuple[bytes, dict[str, str]]:
-        padded = pad_frame(frame, PAD_MULTIPLE)
+        padded = pad_frame(frame, PAD_MULTIPLE, MIN_SIZE)
         h, w = padded.shape
         preset = codec_settings().vvenc_preset
         args = [
@@ -75,7 +84,7 @@ class VvencCodec(FrameCodec):
     def decode_frame(
         self, payload: bytes, height: int, width: int, rate: int, extra: dict[str, str]
     ) -> np.ndarray:
-        ph, pw = height + (-height % PAD_MULTIPLE), width + (-width % PAD_MULTIPLE)
+        ph, pw = padded_size(height, PAD_MULTIPLE, MIN_SIZE), padded_size(width, PAD_MULTIPLE, MIN_SIZE)
         args = [
             ffmpeg_path(), "-hide_banner", "-loglevel", "error", "-nostdin",
             "-f", "vvc", "-i", "pipe:0", "-frames:v", "1",

@@ -14,6 +14,7 @@ import argparse
 import importlib
 import pkgutil
 import sys
+import warnings
 from collections.abc import Sequence
 
 from splitfc import __version__
@@ -43,6 +44,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``splitfc`` console script."""
     from splitfc.common.errors import SplitfcError
 
+    # Library deprecation notices are for developers, not for users of the CLI.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
