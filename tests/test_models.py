@@ -277,3 +277,19 @@ def test_sd3_paper_path_loads_saved_pipeline(models, tmp_path: Path) -> None:
     np.testing.assert_allclose(features, tiny.head(sample.inputs), rtol=1e-5, atol=1e-5)
     assert_same_output(loaded.tail(features), tiny.tail(features))
     assert sd3.SAMPLING["paper"].height // 8 == SPLITS["sd3-tti"].paper_shape[1]
+
+
+@pytest.mark.parametrize("split", ["llama3-csr", "sd3-tti", "dinov2-cls"])
+def test_head_and_tail_are_thread_safe(models, split: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = models[split]
+    samples = tiny_samples(split, 4)
+    expected = [model.head(s.inputs) for s in samples]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda s: model.head(s.inputs), samples * 2))
+        outs = list(pool.map(model.tail, expected * 2))
+    for g, e in zip(got, expected * 2, strict=True):
+        assert np.array_equal(g, e)
+    for o, e in zip(outs, expected * 2, strict=True):
+        assert_same_output(o, model.tail(e))

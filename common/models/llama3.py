@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 
 import numpy as np
@@ -77,6 +78,9 @@ class Llama3Split(SplitModel):
         self.tokenizer = tokenizer
         self.channels = int(model.config.hidden_size)
         self.letter_ids = tuple(self._letter_id(letter) for letter in LETTERS)
+        # The last decoder layer's output, captured per thread (head may run in several threads at once).
+        self._captured = threading.local()
+        self.model.model.layers[-1].register_forward_hook(self._capture)
         cfg = model.config
         self.model_name = (
             f"tiny LlamaForCausalLM (hidden {cfg.hidden_size}, {cfg.num_hidden_layers} layers, vocab {cfg.vocab_size})"
@@ -98,19 +102,18 @@ class Llama3Split(SplitModel):
             raise SplitfcError(f"at most {len(LETTERS)} choices, got {len(question.choices)}")
         return self.tokenizer(format_prompt(question), return_tensors="pt").input_ids
 
+    def _capture(self, _module: Any, _inputs: Any, output: Any) -> None:
+        self._captured.value = output[0] if isinstance(output, tuple) else output
+
     def head(self, inputs: Any) -> np.ndarray:
         import torch
 
-        captured: list[Any] = []
-        hook = self.model.model.layers[-1].register_forward_hook(
-            lambda _m, _i, out: captured.append(out[0] if isinstance(out, tuple) else out)
-        )
-        try:
-            with torch.no_grad():
-                self.model.model(input_ids=self.tokenize(inputs), use_cache=False)
-        finally:
-            hook.remove()
-        return np.ascontiguousarray(captured[-1][0].float().numpy())
+        self._captured.value = None
+        with torch.no_grad():
+            self.model.model(input_ids=self.tokenize(inputs), use_cache=False)
+        hidden = self._captured.value
+        self._captured.value = None
+        return np.ascontiguousarray(hidden[0].float().numpy())
 
     def tail(self, features: np.ndarray, num_choices: int | None = None) -> TaskOutput:
         import torch

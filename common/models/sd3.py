@@ -14,6 +14,7 @@ uses the CRC-32 of its text), so a prompt gives the same image in every process.
 from __future__ import annotations
 
 import os
+import threading
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -127,6 +128,7 @@ class SD3Split(SplitModel):
             sampling.height, sampling.width, steps, sampling.guidance_scale, sampling.max_sequence_length
         )
         self.scale = pipeline.vae_scale_factor
+        self._pipeline_lock = threading.Lock()  # the pipeline and its scheduler keep per-call state
         self.channels = int(pipeline.vae.config.latent_channels)
         self.model_name = (
             "tiny StableDiffusion3Pipeline (2 CLIP, T5, SD3Transformer2DModel 4 layers, AutoencoderKL 16 ch)"
@@ -143,7 +145,7 @@ class SD3Split(SplitModel):
         prompt = as_prompt(inputs)
         s = self.sampling
         generator = torch.Generator(device="cpu").manual_seed(prompt.seed)
-        with torch.no_grad():
+        with self._pipeline_lock, torch.no_grad():
             return self.pipeline(
                 prompt=prompt.text, height=s.height, width=s.width, num_inference_steps=s.steps,
                 guidance_scale=s.guidance_scale, generator=generator, output_type=output_type,
