@@ -133,8 +133,8 @@ class CloudServer:
         try:
             await asyncio.to_thread(self.service.load_models)
         except Exception as exc:
+            # Reported by /readyz, wait_ready() and `cloud serve` (which then exits with this error).
             self.service.load_error = f"{type(exc).__name__}: {exc}"
-            logging.getLogger("splitfc.cloud").error("model loading failed: %s", self.service.load_error)
             return
         if not self._stopping:
             for name in ("", SERVICE_NAME):
@@ -174,7 +174,15 @@ class CloudServer:
         endpoints = await self.start()
         if callable(on_start):
             on_start(endpoints)
-        await stop.wait()
+        assert self._load_task is not None
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait({stopped, self._load_task}, return_when=asyncio.FIRST_COMPLETED)
+        if self.service.load_error:
+            # A server that can never become ready should say so and exit, not idle as NOT_SERVING.
+            stopped.cancel()
+            await self.stop(0)
+            raise SplitfcError(f"cloud could not load its models: {self.service.load_error}")
+        await stopped
         await self.stop()
 
 

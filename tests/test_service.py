@@ -454,3 +454,18 @@ def test_vvenc_bitstream_over_the_wire(cloud: ServerThread) -> None:
     assert resp.rate.payload_bytes == len(msg.payload)
     assert resp.rate.bpfp == pytest.approx(len(msg.payload) * 8 / features.size)
     assert metric(cloud, "splitfc_cloud_requests_total", split="dinov2-cls", codec="vvenc", status="OK") >= 1
+
+
+def test_serve_exits_with_the_error_when_models_cannot_load() -> None:
+    import asyncio
+
+    from splitfc.cloud.server import CloudServer
+    from splitfc.common.errors import SplitfcError
+
+    def broken(split: str, preset: str):
+        raise FileNotFoundError("checkpoint folder not found: /nowhere")
+
+    server = CloudServer(cloud_settings(splits="dinov2-cls"), model_loader=broken)
+    with pytest.raises(SplitfcError, match="could not load its models: FileNotFoundError: checkpoint folder"):
+        asyncio.run(asyncio.wait_for(server.serve(), 60))
+    assert server.service.ready is False
