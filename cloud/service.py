@@ -167,6 +167,7 @@ class SplitInferenceService:
             splits.append(svc.SplitInfo(
                 split=split_id, family=spec.family, task=spec.task, feature_shape=shape,
                 max_elements=self.max_elements(split_id), metric=spec.metric,
+                model=(getattr(model, "model_name", "") or type(model).__name__) if model is not None else "",
             ))
         codecs = [
             svc.CodecInfo(

@@ -417,6 +417,9 @@ def test_health_reflection_and_info(cloud: ServerThread) -> None:
     assert [s.split for s in info.splits] == list(ALL_SPLITS)
     cls = next(s for s in info.splits if s.split == "dinov2-cls")
     assert list(cls.feature_shape) == list(get_split_model("dinov2-cls", "tiny").expected_shape())
+    assert cls.model == get_split_model("dinov2-cls", "tiny").model_name != ""
+    csr = next(s for s in info.splits if s.split == "llama3-csr")
+    assert csr.feature_shape[0] == 0  # variable token count
     assert {c.name for c in info.codecs} >= {"raw"}
     assert info.limits.max_message_bytes == cloud.server.settings.max_message_bytes
     assert info.bitstream_format_version == 1

@@ -154,20 +154,22 @@ class GetInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class SplitInfo(_message.Message):
-    __slots__ = ("split", "family", "task", "feature_shape", "max_elements", "metric")
+    __slots__ = ("split", "family", "task", "feature_shape", "max_elements", "metric", "model")
     SPLIT_FIELD_NUMBER: _ClassVar[int]
     FAMILY_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     FEATURE_SHAPE_FIELD_NUMBER: _ClassVar[int]
     MAX_ELEMENTS_FIELD_NUMBER: _ClassVar[int]
     METRIC_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     split: str
     family: str
     task: str
     feature_shape: _containers.RepeatedScalarFieldContainer[int]
     max_elements: int
     metric: str
-    def __init__(self, split: _Optional[str] = ..., family: _Optional[str] = ..., task: _Optional[str] = ..., feature_shape: _Optional[_Iterable[int]] = ..., max_elements: _Optional[int] = ..., metric: _Optional[str] = ...) -> None: ...
+    model: str
+    def __init__(self, split: _Optional[str] = ..., family: _Optional[str] = ..., task: _Optional[str] = ..., feature_shape: _Optional[_Iterable[int]] = ..., max_elements: _Optional[int] = ..., metric: _Optional[str] = ..., model: _Optional[str] = ...) -> None: ...
 
 class CodecInfo(_message.Message):
     __slots__ = ("name", "available", "reason", "rate_name", "rates")
