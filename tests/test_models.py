@@ -174,11 +174,12 @@ def test_bad_inputs_are_clear_errors(models) -> None:
         models["dinov2-cls"].head(np.zeros((4, 4, 4, 4), dtype=np.uint8))
 
 
-def test_missing_checkpoint_folder_names_the_path(tmp_path: Path) -> None:
+def test_missing_checkpoint_folder_names_the_path(tmp_path: Path, dinov2_paper_dirs) -> None:
     missing = tmp_path / "nowhere" / "dinov2-giant"
-    for split in ("dinov2-cls", "llama3-csr", "sd3-tti"):
+    _, heads = dinov2_paper_dirs
+    for split, extra in (("dinov2-cls", {"heads": heads}), ("llama3-csr", {}), ("sd3-tti", {})):
         with pytest.raises(CheckpointNotFoundError, match=f"checkpoint folder not found: {missing}"):
-            build_split_model(split, "paper", source=missing)
+            build_split_model(split, "paper", source=missing, **extra)
 
 
 def test_model_dir_setting_is_searched(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -293,3 +294,30 @@ def test_head_and_tail_are_thread_safe(models, split: str) -> None:
         assert np.array_equal(g, e)
     for o, e in zip(outs, expected * 2, strict=True):
         assert_same_output(o, model.tail(e))
+
+
+def test_offline_hub_id_not_in_cache_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from splitfc.common.settings import model_settings
+
+    monkeypatch.setenv("SPLITFC_HF_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
+    model_settings.cache_clear()
+    try:
+        with pytest.raises(CheckpointNotFoundError, match=r"hub id meta-llama/Meta-Llama-3-8B \(HF cache, offline\)"):
+            build_split_model("llama3-csr", "paper")
+    finally:
+        model_settings.cache_clear()
+
+
+def test_dinov2_head_that_does_not_fit_is_a_clear_error(dinov2_paper_dirs, tmp_path: Path) -> None:
+    import torch
+
+    from splitfc.common.models import dinov2
+
+    folder, _ = dinov2_paper_dirs
+    torch.save({"weight": torch.zeros(1000, 10), "bias": torch.zeros(1000)}, tmp_path / dinov2.HEAD_FILES["cls"])
+    with pytest.raises(SplitfcError, match="does not fit the backbone"):
+        dinov2.build("dinov2-cls", "paper", source=folder, heads=tmp_path)
+    torch.save({"state_dict": {}}, tmp_path / dinov2.HEAD_FILES["seg"])
+    with pytest.raises(SplitfcError, match=r"lacks bn\.bias"):
+        dinov2.build("dinov2-seg", "paper", source=folder, heads=tmp_path)

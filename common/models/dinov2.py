@@ -296,8 +296,7 @@ def _heads(dim: int, task: str) -> Any:
     return {"cls": ClsLinearHead, "seg": SegLinearHead, "dpt": DepthLinear4Head}[task]()
 
 
-def _load_published_head(head: Any, task: str, folder: str | os.PathLike | None) -> None:
-    state = load_head_file(heads_dir(folder), HEAD_FILES[task])
+def _load_published_head(head: Any, task: str, state: dict[str, Any]) -> None:
     if task == "cls":
         state = {f"linear.{k}": v for k, v in state.items() if k in ("weight", "bias")}
     wanted = {k for k in head.state_dict()}
@@ -333,8 +332,9 @@ def build(
         return Dinov2Split(spec, preset, backbone, task_head, geometry)
     from transformers import Dinov2Model
 
+    head_state = load_head_file(heads_dir(heads), HEAD_FILES[spec.task])  # before the large backbone
     backbone = load_pretrained(Dinov2Model, HUB_ID, source, dtype=torch_dtype())
     task_head = _heads(backbone.config.hidden_size, spec.task)
-    _load_published_head(task_head, spec.task, heads)
+    _load_published_head(task_head, spec.task, head_state)
     name = str(getattr(backbone, "name_or_path", "") or HUB_ID)
     return Dinov2Split(spec, preset, backbone, task_head.to(backbone.dtype), geometry, model_name=name)
