@@ -23,7 +23,9 @@ MANIFEST = "manifest.json"
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("extract", help="run a split's edge part (head) over samples and write .npy features")
-    p.add_argument("--split", required=True, help="split id, e.g. dinov2-cls (see splitfc codecs / docs)")
+    from splitfc.common.specs import SPLITS
+
+    p.add_argument("--split", required=True, help=f"split id: {', '.join(SPLITS)}")
     p.add_argument("--preset", default="tiny", help="model preset: tiny (offline, random weights) or paper")
     p.add_argument("--samples", type=int, required=True, metavar="N", help="number of samples")
     p.add_argument("--data", type=Path, help="local data set (ImageNet val folder, VOC2012, NYU, ARC file, "
