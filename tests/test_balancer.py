@@ -13,17 +13,20 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,6 +40,7 @@ pytestmark = pytest.mark.skipif(NGINX is None, reason="nginx is not installed (.
 
 SPLIT = "dinov2-cls"
 SAMPLES = 72
+PROMETHEUS = shutil.which("prometheus")
 
 
 def free_port() -> int:
@@ -123,10 +127,38 @@ def wait_until(what: str, check: object, timeout: float) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def start_prometheus(tmp: Path, replicas: list[Replica]) -> tuple[subprocess.Popen[bytes], int]:
+    """The compose prometheus command and config; DNS discovery of `cloud` swapped for our replicas, 1 s scrapes."""
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    config["global"]["scrape_interval"] = "1s"
+    job = next(j for j in config["scrape_configs"] if j["job_name"] == "splitfc-cloud")
+    cloud_command = local_lb.compose_services()["cloud"]["command"]
+    assert job.pop("dns_sd_configs")[0]["port"] == int(cloud_command[cloud_command.index("--http-port") + 1])
+    job["static_configs"] = [{"targets": [f"127.0.0.1:{r.http_port}" for r in replicas]}]
+    (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
+    web_port = free_port()
+    argv = [a for a in local_lb.compose_services()["prometheus"]["command"] if not a.startswith("--config.file=")]
+    argv += [f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'tsdb'}",
+             f"--web.listen-address=127.0.0.1:{web_port}"]
+    proc = subprocess.Popen([PROMETHEUS, *argv], stdout=subprocess.DEVNULL,
+                            stderr=(tmp / "prometheus.log").open("wb"))
+    return proc, web_port
+
+
+def promql(port: int, expr: str) -> list[dict]:
+    """Evaluate ``expr`` now; the API must accept it."""
+    status, body = http_get(f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": expr}))
+    assert status == 200, f"prometheus rejects {expr!r}"
+    answer = json.loads(body)
+    assert answer["status"] == "success", answer
+    return answer["data"]["result"]
+
+
 @pytest.fixture
-def topology(tmp_path: Path) -> Iterator[tuple[list[Replica], int, Path]]:
+def topology(tmp_path: Path) -> Iterator[tuple[list[Replica], int, Path, int | None]]:
     replicas: list[Replica] = []
-    nginx = None
+    nginx = prometheus = None
+    prom_port = None
     try:
         replicas = [start_replica(n, tmp_path) for n in ("a", "b", "c")]
         lb_port, status_port = free_port(), free_port()
@@ -143,9 +175,12 @@ def topology(tmp_path: Path) -> Iterator[tuple[list[Replica], int, Path]]:
             url = f"http://127.0.0.1:{r.http_port}/readyz"
             wait_until(f"replica {r.name} ready",
                        lambda r=r, url=url: r.proc.poll() is None and http_get(url)[0] == 200, 240)
-        yield replicas, lb_port, tmp_path
+        if PROMETHEUS is not None:
+            prometheus, prom_port = start_prometheus(tmp_path, replicas)
+            wait_until("prometheus", lambda: http_get(f"http://127.0.0.1:{prom_port}/-/ready")[0] == 200, 60)
+        yield replicas, lb_port, tmp_path, prom_port
     finally:
-        for p in [nginx, *(r.proc for r in replicas)]:
+        for p in [nginx, prometheus, *(r.proc for r in replicas)]:
             if p is not None and p.poll() is None:
                 p.terminate()
                 try:
@@ -156,8 +191,10 @@ def topology(tmp_path: Path) -> Iterator[tuple[list[Replica], int, Path]]:
 
 
 @pytest.mark.slow
-def test_replicas_share_traffic_and_stopping_them_loses_nothing(topology: tuple[list[Replica], int, Path]) -> None:
-    replicas, lb_port, tmp = topology
+def test_replicas_share_traffic_and_stopping_them_loses_nothing(
+    topology: tuple[list[Replica], int, Path, int | None],
+) -> None:
+    replicas, lb_port, tmp, prom_port = topology
     a, b, c = replicas
     report_path = tmp / "edge.json"
     argv = with_flags(local_lb.compose_services()["edge"]["command"], server=f"127.0.0.1:{lb_port}",
@@ -167,6 +204,9 @@ def test_replicas_share_traffic_and_stopping_them_loses_nothing(topology: tuple[
     try:
         # Round robin: every replica gets requests.
         wait_until("all three replicas serving", lambda: all(r.served_ok() >= 2 for r in replicas), 240)
+        if prom_port is not None:
+            wait_until("prometheus to scrape all three serving", lambda: len(promql(
+                prom_port, 'splitfc_cloud_requests_total{status="OK"} >= 2')) == 3, 30)
         served_before = {r.name: r.served_ok() for r in replicas}
         assert sum(served_before.values()) < SAMPLES - 8, "the run ended before the replicas could be stopped"
         b.proc.send_signal(signal.SIGTERM)  # graceful: drain in-flight, refuse new
@@ -197,3 +237,22 @@ def test_replicas_share_traffic_and_stopping_them_loses_nothing(topology: tuple[
     # After both stops, the survivor took the rest.
     assert a.served_ok() == len(served_ids["a"])
     assert len(served_ids["a"]) > served_before["a"]
+
+    if prom_port is None:
+        return  # no Prometheus here (Debian package `prometheus`): the scrape checks need it
+    # Prometheus (compose command and config) scraped every replica while it served.
+    time.sleep(2)  # one more scrape of the survivor
+    seen = promql(prom_port, 'max by (replica) (max_over_time(splitfc_cloud_requests_total{status="OK"}[10m]))')
+    per_replica = {r["metric"]["replica"]: float(r["value"][1]) for r in seen}
+    assert sorted(per_replica) == sorted(f"127.0.0.1:{r.http_port}" for r in replicas)
+    assert all(v >= 2 for v in per_replica.values())
+    assert per_replica[f"127.0.0.1:{a.http_port}"] == len(served_ids["a"])
+    # Every Grafana dashboard query is valid PromQL here, and the core panels have data.
+    dash = json.loads((ROOT / "deploy" / "grafana" / "dashboards" / "splitfc.json").read_text())
+    results = {t["expr"]: promql(prom_port, t["expr"].replace("$__rate_interval", "1m"))
+               for p in dash["panels"] for t in p["targets"]}
+    with_data = {e for e, r in results.items() if r}
+    for needle in ("splitfc_cloud_ready", "sum by (split) (rate(splitfc_cloud_requests_total",
+                   "histogram_quantile(0.99, sum by (le, stage)", "splitfc_cloud_bpfp_sum",
+                   "splitfc_cloud_bitstream_bytes_sum"):
+        assert any(needle in e for e in with_data), needle

@@ -193,6 +193,14 @@ def test_nginx_config_balances_grpc() -> None:
         assert f"include {include};" in text and (DEPLOY / "nginx" / include).is_file()
 
 
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian package prometheus) is not installed")
+def test_prometheus_config_passes_promtool() -> None:
+    res = subprocess.run(["promtool", "check", "config", str(DEPLOY / "prometheus" / "prometheus.yml")],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "SUCCESS" in res.stdout + res.stderr
+
+
 # ------------------------------------------------------------------ Grafana
 
 

@@ -305,6 +305,9 @@ class Point:
 
         if codec not in CODECS:
             raise SplitfcError(f"bad point {text!r}: unknown codec {codec!r}; valid codecs: {', '.join(CODECS)}")
+        reason = CODECS[codec].unavailable_reason()
+        if reason is not None:
+            raise SplitfcError(f"point {text}: codec {codec} is unavailable: {reason}")
         return cls(text, codec, int(rate))
 
 
@@ -413,8 +416,12 @@ def drive_edge(server: str, split: str, preset: str, samples: int) -> None:
             print(json.dumps({"ready": True}), flush=True)
             for line in sys.stdin:
                 cmd = json.loads(line)
-                rows = await point(client, cmd["codec"], int(cmd["qp"]), cmd.get("raw_dtype"))
-                print(json.dumps({"requests": rows}), flush=True)
+                try:
+                    rows = await point(client, cmd["codec"], int(cmd["qp"]), cmd.get("raw_dtype"))
+                except Exception as exc:  # report it and stay up for the next point
+                    print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}), flush=True)
+                else:
+                    print(json.dumps({"requests": rows}), flush=True)
 
     asyncio.run(run())
 
@@ -490,6 +497,8 @@ def measure_point(link: VethLink, point: Point, driver: EdgeDriver) -> dict:
     time.sleep(0.2)
     before = link.counters(link.edge)
     report = driver.run(point)
+    if "error" in report:
+        raise SplitfcError(f"point {point.label} failed: {report['error']}")
     time.sleep(0.3)  # trailing ACKs / GOAWAY
     delta = link.counters(link.edge) - before
     summary = edge_summary(report)
@@ -552,8 +561,12 @@ def add_speedups(rows: list[dict]) -> None:
                 )
 
 
-def run_splitfc_bench(link: VethLink, args: argparse.Namespace, points: list[Point], workdir: Path) -> list[dict]:
-    """Start the cloud in its namespace, then every point unshaped and at every rate."""
+def run_splitfc_bench(link: VethLink, args: argparse.Namespace, points: list[Point], workdir: Path,
+                      failed: list[dict]) -> list[dict]:
+    """Start the cloud in its namespace, then every point at every rate (and unshaped if asked).
+
+    Points that fail are appended to ``failed`` and skipped.
+    """
     log = (workdir / "cloud.log").open("wb")
     server = subprocess.Popen(
         link.cloud.argv([*_splitfc_argv(), "cloud", "serve", "--host", link.cloud.addr, "--grpc-port", str(GRPC_PORT),
@@ -572,7 +585,12 @@ def run_splitfc_bench(link: VethLink, args: argparse.Namespace, points: list[Poi
             else:
                 link.shape(rate, args.delay_ms, args.loss_pct)
             for point in points:
-                row = measure_point(link, point, driver)
+                try:
+                    row = measure_point(link, point, driver)
+                except SplitfcError as exc:  # one bad point does not cost the others
+                    failed.append({"rate_mbit": rate or 0.0, "point": point.label, "error": str(exc)})
+                    print(f"netbench: {exc}", file=sys.stderr, flush=True)
+                    continue
                 rows.append(row)
                 _print_row(row)
         add_speedups(rows)
@@ -651,12 +669,13 @@ def cmd_netbench(args: argparse.Namespace) -> int:
             result["tcp_probe"] = rows
         else:
             result.update(split=args.split, preset=args.preset, samples=args.samples)
-            result["rows"] = run_splitfc_bench(link, args, points, Path(tmp))
+            result["failed"] = []
+            result["rows"] = run_splitfc_bench(link, args, points, Path(tmp), result["failed"])
             _print_speedups(result["rows"])
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")
-    return 0
+    return 1 if result.get("failed") else 0
 
 
 def _print_speedups(rows: list[dict]) -> None:
