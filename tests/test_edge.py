@@ -215,6 +215,7 @@ def test_edge_run_rejects_bad_arguments(capsys: pytest.CaptureFixture[str]) -> N
     assert "needs --qp" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cloud_serve_and_edge_run_as_separate_processes(tmp_path: Path) -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1", SPLITFC_CLOUD_LOG_FILE=str(tmp_path / "cloud.jsonl"),
                SPLITFC_EDGE_CACHE_DIR=str(tmp_path / "refs"))
