@@ -8,10 +8,13 @@ the Grafana dashboard queries must be one the cloud exports.
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
+import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -295,3 +298,28 @@ def test_makefile_targets() -> None:
     assert "deploy/loadtest.sh" in res.stdout
     netbench = next(line for line in res.stdout.splitlines() if "splitfc netbench" in line)
     parse_splitfc(netbench.split("splitfc ", 1)[1].split())
+
+
+@pytest.mark.slow
+def test_loadtest_script_counts_successes_and_failures(tmp_path: Path) -> None:
+    # The server serves dinov2-cls only; the users also replay dinov2-seg, which it must refuse.
+    env = {
+        **os.environ, "OMP_NUM_THREADS": "1", "BIN": str(Path(sys.executable).parent),
+        "LOADTEST_USERS": "2", "LOADTEST_SPAWN_RATE": "2", "LOADTEST_TIME": "4s", "LOADTEST_OUT": str(tmp_path),
+        "LOADTEST_SERVER_SPLITS": "dinov2-cls", "SPLITFC_LOADTEST_SPLITS": "dinov2-cls,dinov2-seg",
+        "SPLITFC_LOADTEST_CODEC": "raw", "SPLITFC_LOADTEST_QP": "0", "SPLITFC_LOADTEST_SAMPLES_PER_SPLIT": "1",
+    }
+    res = subprocess.run([str(DEPLOY / "loadtest.sh")], capture_output=True, text=True, env=env, cwd=ROOT,
+                         timeout=600)
+    assert res.returncode != 0, "locust must exit non-zero when requests failed"
+    rows = {r["Name"]: r for r in csv.DictReader((tmp_path / "locust_stats.csv").open())}
+    ok = rows["/splitfc.v1.SplitInference/Infer dinov2-cls"]
+    bad = rows["/splitfc.v1.SplitInference/Infer dinov2-seg"]
+    assert int(ok["Request Count"]) > 0 and int(ok["Failure Count"]) == 0
+    assert int(bad["Request Count"]) > 0 and int(bad["Failure Count"]) == int(bad["Request Count"])
+    failures = list(csv.DictReader((tmp_path / "locust_failures.csv").open()))
+    assert {f["Name"] for f in failures} == {"/splitfc.v1.SplitInference/Infer dinov2-seg"}
+    # The script stopped the server it started.
+    port = (tmp_path / "endpoints").read_text().strip().rsplit(":", 1)[1]
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", int(port))) != 0
