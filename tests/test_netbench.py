@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -102,4 +104,23 @@ def test_splitfc_over_a_10_mbit_link(tmp_path: Path) -> None:
     assert f16["speedup_vs_raw_f32"] > 1.2
     assert abs(f16["speedup_vs_raw_f32"] / f16["predicted_speedup_vs_raw_f32"] - 1) < 0.2
     assert f32["speedup_vs_raw_f32"] == 1.0
+    assert _our_namespaces() == []
+
+
+@needs_netns
+def test_sigterm_mid_run_removes_the_namespaces() -> None:
+    argv = [sys.executable, "-m", "splitfc", "netbench", "--tcp-probe", "20000000", "--rate-mbit", "1"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()  # printed once the link exists
+        assert first.startswith("netbench: sfc-edge-")
+        assert len(_our_namespaces()) == 2
+        time.sleep(1.0)  # inside the transfer (20 MB at 1 Mbit/s would take minutes)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 128 + signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     assert _our_namespaces() == []
