@@ -344,21 +344,30 @@ PER_CONNECTION = 400
 """Connection preface, SETTINGS, WINDOW_UPDATE and their ACKs, approximate (amortized over a run)."""
 
 
-def _wait_ready(link: VethLink, server: subprocess.Popen[bytes], timeout: float) -> None:
+def _wait_ready(link: VethLink, server: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
+    """Poll the cloud's /readyz from the edge namespace until 200; fail fast if the server exits."""
     url = f"http://{link.cloud.addr}:{HTTP_PORT}/readyz"
     code = textwrap.dedent(f"""
-        import time, urllib.request
-        end = time.monotonic() + {timeout}
-        while time.monotonic() < end:
-            try:
-                urllib.request.urlopen({url!r}, timeout=2); raise SystemExit(0)
-            except Exception:
-                time.sleep(0.5)
-        raise SystemExit(1)
+        import json, sys, urllib.error, urllib.request
+        try:
+            urllib.request.urlopen({url!r}, timeout=2)
+        except urllib.error.HTTPError as e:  # 503 while loading; its body names a load error
+            print(json.loads(e.read() or b"{{}}").get("error", ""))
+            sys.exit(3)
     """)
-    proc = subprocess.run(link.edge.argv([sys.executable, "-c", code]), capture_output=True)
-    if proc.returncode != 0 or server.poll() is not None:
-        raise SplitfcError(f"the cloud server in {link.cloud.ns} did not become ready within {timeout:.0f} s")
+    probe = link.edge.argv([sys.executable, "-c", code])
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if server.poll() is not None:
+            last = (log.read_text(errors="replace").strip().splitlines() or ["no output"])[-1]
+            raise SplitfcError(f"the cloud server in {link.cloud.ns} exited: {last}")
+        res = subprocess.run(probe, capture_output=True, text=True)
+        if res.returncode == 0:
+            return
+        if res.returncode == 3 and res.stdout.strip():
+            raise SplitfcError(f"the cloud server could not load its models: {res.stdout.strip()}")
+        time.sleep(0.5)
+    raise SplitfcError(f"the cloud server in {link.cloud.ns} did not become ready within {timeout:.0f} s")
 
 
 def _splitfc_argv() -> list[str]:
@@ -575,7 +584,7 @@ def run_splitfc_bench(link: VethLink, args: argparse.Namespace, points: list[Poi
     )
     driver = None
     try:
-        _wait_ready(link, server, args.ready_timeout)
+        _wait_ready(link, server, workdir / "cloud.log", args.ready_timeout)
         driver = EdgeDriver(link, args, workdir / "edge.log")
         driver.run(points[0])  # warm-up: first-request costs (lazy init, caches) out of the numbers
         rows = []
