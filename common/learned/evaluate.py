@@ -81,6 +81,17 @@ def evaluate_checkpoints(
         if task:
             row["metric"], row["metric_value"] = task_scores(spec.id, preset, originals, decoded)
         rows.append(row)
+    if task:
+        # the pre-processing alone (truncation + 10-bit quantization, no codec): the floor of the distortion
+        pre = [codec.plan(spec, x.shape) for x in originals]
+        floor = [p.from_frame(p.to_frame(x)) for p, x in zip(pre, originals, strict=True)]
+        metric, value = task_scores(spec.id, preset, originals, floor)
+        rows.append({
+            "split": spec.id, "trained_on": "pre-processing only", "quality": None, "lambda": None,
+            "files": len(files), "bpfp": 10.0, "mse": float(np.mean([np.mean((f - x) ** 2) for f, x in
+                                                                   zip(floor, originals, strict=True)])),
+            "metric": metric, "metric_value": value,
+        })
     return rows
 
 
