@@ -395,10 +395,12 @@ def drive_edge(server: str, split: str, preset: str, samples: int) -> None:
     model = get_split_model(split, preset=preset)
     inputs = tiny_samples(split, samples)
 
-    async def point(client: EdgeClient, codec_name: str, qp: int, raw_dtype: str | None) -> list[dict]:
+    async def point(
+        client: EdgeClient, codec_name: str, qp: int, raw_dtype: str | None, limit: int | None,
+    ) -> list[dict]:
         codec = RawCodec(store_dtype=raw_dtype) if codec_name == "raw" else get_codec(codec_name)
         rows = []
-        for sample in inputs:
+        for sample in inputs[:limit]:
             t0 = time.perf_counter()
             msg = encode_features(model.head(sample.inputs), split, codec, qp)
             data = msg.SerializeToString()
@@ -426,7 +428,7 @@ def drive_edge(server: str, split: str, preset: str, samples: int) -> None:
             for line in sys.stdin:
                 cmd = json.loads(line)
                 try:
-                    rows = await point(client, cmd["codec"], int(cmd["qp"]), cmd.get("raw_dtype"))
+                    rows = await point(client, cmd["codec"], int(cmd["qp"]), cmd.get("raw_dtype"), cmd.get("limit"))
                 except Exception as exc:  # report it and stay up for the next point
                     print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}), flush=True)
                 else:
@@ -460,9 +462,11 @@ class EdgeDriver:
             raise SplitfcError(f"the edge failed: {last}")
         return json.loads(line)
 
-    def run(self, point: Point) -> dict:
+    def run(self, point: Point, limit: int | None = None) -> dict:
+        """Every sample (or the first ``limit``) through ``point``; the driver's report."""
         assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps({"codec": point.codec, "qp": point.qp, "raw_dtype": point.raw_dtype}) + "\n")
+        cmd = {"codec": point.codec, "qp": point.qp, "raw_dtype": point.raw_dtype, "limit": limit}
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
         self.proc.stdin.flush()
         return self._read()
 
@@ -502,7 +506,14 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def measure_point(link: VethLink, point: Point, driver: EdgeDriver) -> dict:
-    """One point: veth counters around it, the edge's own per-request report inside it."""
+    """One point: veth counters around it, the edge's own per-request report inside it.
+
+    One request first, not counted: the codec's first-use costs (checkpoint load, caches) on
+    both sides stay out of the numbers.
+    """
+    warm = driver.run(point, limit=1)
+    if "error" in warm:
+        raise SplitfcError(f"point {point.label} failed: {warm['error']}")
     time.sleep(0.2)
     before = link.counters(link.edge)
     report = driver.run(point)
@@ -586,7 +597,6 @@ def run_splitfc_bench(link: VethLink, args: argparse.Namespace, points: list[Poi
     try:
         _wait_ready(link, server, workdir / "cloud.log", args.ready_timeout)
         driver = EdgeDriver(link, args, workdir / "edge.log")
-        driver.run(points[0])  # warm-up: first-request costs (lazy init, caches) out of the numbers
         rows = []
         for rate in [None, *args.rate_mbit] if args.unshaped else args.rate_mbit:
             if rate is None:
