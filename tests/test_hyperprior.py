@@ -263,7 +263,9 @@ def test_generalize_command_reports_rate_distortion_and_task_metric(
     assert main(["generalize", "--trained-on", "dinov2-seg", "--split", "dinov2-cls", "--features",
                  str(feature_dirs["dinov2-cls"]), "--qualities", "1,5", "--json", str(out)]) == 0
     rows = json.loads(out.read_text())
-    assert [r["quality"] for r in rows] == [1, 5]
+    assert [r["quality"] for r in rows] == [1, 5, None]
+    assert rows[2]["trained_on"] == "pre-processing only" and rows[2]["bpfp"] == 10.0
+    rows = rows[:2]
     assert all(r["trained_on"] == "dinov2-seg" and r["split"] == "dinov2-cls" for r in rows)
     assert rows[0]["bpfp"] < rows[1]["bpfp"]
     assert all(r["metric"] == "top-1 accuracy" and 0 <= r["metric_value"] <= 100 for r in rows)
