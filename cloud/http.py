@@ -1,21 +1,37 @@
-"""The cloud's HTTP side (FastAPI): /healthz, /readyz, /v1/info, /metrics."""
+"""The cloud's HTTP side (FastAPI): /healthz, /readyz, /v1/info, /metrics.
+
+With bearer tokens configured, every route but /healthz and /readyz needs ``Authorization: Bearer
+<token>`` (401 otherwise); Prometheus scrapes /metrics with ``authorization: {credentials_file: ...}``.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import FastAPI, Response
+from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from google.protobuf.json_format import MessageToDict
 
 from splitfc import __version__
 from splitfc.cloud.metrics import CONTENT_TYPE_LATEST, CloudMetrics
+from splitfc.cloud.security import TokenSet
 from splitfc.cloud.service import SplitInferenceService
 
 
-def create_app(service: SplitInferenceService, metrics: CloudMetrics) -> FastAPI:
+def create_app(service: SplitInferenceService, metrics: CloudMetrics, tokens: TokenSet | None = None) -> FastAPI:
     """The HTTP app of one server: liveness, readiness, info and Prometheus metrics."""
     app = FastAPI(title="splitfc cloud", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
+
+    def require_token(request: Request) -> None:
+        """401 unless the request carries one of the configured bearer tokens (no-op without tokens)."""
+        if not tokens:
+            return
+        index, reason = tokens.check_header(request.headers.get("authorization"))
+        if index is None:
+            metrics.auth_failures.labels("http", reason).inc()
+            raise HTTPException(401, f"{reason} bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+    protected = [Depends(require_token)]
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
@@ -34,14 +50,14 @@ def create_app(service: SplitInferenceService, metrics: CloudMetrics) -> FastAPI
             body["error"] = service.load_error
         return JSONResponse(body, status_code=200 if service.ready else 503)
 
-    @app.get("/v1/info")
+    @app.get("/v1/info", dependencies=protected)
     def info() -> dict[str, Any]:
         """Models, splits, codecs and limits (the gRPC GetInfo answer as JSON)."""
         return MessageToDict(
             service.info(), always_print_fields_with_no_presence=True, preserving_proto_field_name=True
         )
 
-    @app.get("/metrics")
+    @app.get("/metrics", dependencies=protected)
     def prometheus() -> Response:
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 

@@ -16,6 +16,8 @@ STAGES = ("queue", "decode", "tail", "total")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 BYTES_BUCKETS = tuple(float(1 << k) for k in range(8, 31, 2))  # 256 B .. 1 GiB
 BPFP_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
+LIMITS = ("message_bytes", "bitstream_bytes", "elements", "decode_time", "streams_per_client", "queue")
+"""Label values of ``splitfc_cloud_limit_rejections_total``."""
 UNKNOWN = "unknown"
 """Label value of a split or codec that is missing or not one of ours."""
 
@@ -62,6 +64,18 @@ class CloudMetrics:
             "splitfc_cloud_decode_errors", "Bitstreams rejected or not decodable, by reason.",
             ["split", "codec", "reason"], registry=r,
         )
+        self.auth_failures = Counter(
+            "splitfc_cloud_auth_failures", "Calls refused for a missing or invalid bearer token (nothing decoded).",
+            ["surface", "reason"], registry=r,
+        )
+        self.limit_rejections = Counter(
+            "splitfc_cloud_limit_rejections",
+            "Requests refused by a limit: message_bytes, bitstream_bytes, elements, decode_time, "
+            "streams_per_client, queue.",
+            ["limit"], registry=r,
+        )
+        for limit in LIMITS:
+            self.limit_rejections.labels(limit)
         self.ready = Gauge("splitfc_cloud_ready", "1 once every model is loaded.", registry=r)
         self.model_load_seconds = Gauge(
             "splitfc_cloud_model_load_seconds", "Time spent loading each model at start-up.", ["split"], registry=r,

@@ -13,6 +13,8 @@ import contextlib
 import logging
 import signal
 import socket
+import ssl
+import sys
 import threading
 from collections.abc import Generator
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ from grpc_reflection.v1alpha import reflection
 
 from splitfc.cloud.http import create_app
 from splitfc.cloud.metrics import CloudMetrics
+from splitfc.cloud.security import ServerGuard, TransportPolicy, check_transport
 from splitfc.cloud.service import (
     SERVICE_NAME,
     ModelLoader,
@@ -57,9 +60,11 @@ class Endpoints:
     def grpc_target(self) -> str:
         return f"{self.host}:{self.grpc_port}"
 
+    tls: bool = False
+
     @property
     def http_url(self) -> str:
-        return f"http://{self.host}:{self.http_port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.http_port}"
 
 
 class CloudServer:
@@ -73,6 +78,8 @@ class CloudServer:
         self.metrics = CloudMetrics()
         if logger is None:
             logger = private_logger(REQUEST_LOGGER, self.settings.log_file, enabled=self.settings.log_requests)
+        self.policy: TransportPolicy = check_transport(self.settings)
+        """TLS and token policy (raises `SecurityConfigError` here, before anything is bound)."""
         self.service = SplitInferenceService(self.settings, self.metrics, logger, model_loader)
         self.health = health.aio.HealthServicer()
         self._grpc: grpc.aio.Server | None = None
@@ -87,7 +94,10 @@ class CloudServer:
         s = self.settings
         loop = asyncio.get_running_loop()
         self.service.bind_loop(loop)
-        server = grpc.aio.server(options=s.grpc_options())
+        for warning in self.policy.warnings:
+            print(f"splitfc cloud: warning: {warning}", file=sys.stderr, flush=True)
+        guard = ServerGuard(self.policy.tokens, self.metrics, s.max_streams_per_client)
+        server = grpc.aio.server(options=s.grpc_options(), interceptors=[guard])
         add_servicer(SplitInferenceServicer(self.service), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         for name in ("", SERVICE_NAME):
@@ -97,7 +107,9 @@ class CloudServer:
             server,
         )
         try:
-            grpc_port = server.add_insecure_port(f"{s.host}:{s.grpc_port}")
+            creds = self.policy.grpc_credentials()
+            address = f"{s.host}:{s.grpc_port}"
+            grpc_port = server.add_insecure_port(address) if creds is None else server.add_secure_port(address, creds)
         except RuntimeError as exc:
             raise SplitfcError(f"cannot bind gRPC port {s.host}:{s.grpc_port}: {exc}") from None
         if grpc_port == 0:
@@ -115,8 +127,14 @@ class CloudServer:
             await server.stop(0)
             raise SplitfcError(f"cannot bind HTTP port {s.host}:{s.http_port}: {exc.strerror}") from None
         http_port = sock.getsockname()[1]
+        tls: dict[str, object] = {}
+        if self.policy.tls:
+            tls = {"ssl_certfile": str(s.tls_cert), "ssl_keyfile": str(s.tls_key)}
+            if self.policy.mutual_tls:
+                tls.update(ssl_ca_certs=str(s.tls_client_ca), ssl_cert_reqs=ssl.CERT_REQUIRED)
         config = uvicorn.Config(
-            create_app(self.service, self.metrics), log_level="warning", access_log=False, lifespan="off",
+            create_app(self.service, self.metrics, self.policy.tokens), log_level="warning", access_log=False,
+            lifespan="off", **tls,  # type: ignore[arg-type]
         )
         self._http = _Uvicorn(config)
         self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]))
@@ -125,7 +143,7 @@ class CloudServer:
                 self._http_task.result()
                 raise SplitfcError("HTTP server stopped during start-up")
             await asyncio.sleep(0.01)
-        self.endpoints = Endpoints(s.host, grpc_port, http_port)
+        self.endpoints = Endpoints(s.host, grpc_port, http_port, self.policy.tls)
         self._load_task = asyncio.create_task(self._load_models())
         return self.endpoints
 

@@ -51,12 +51,16 @@ ModelLoader = Callable[[str, str], SplitModel]
 class RequestFailed(Exception):
     """A request that ends with a non-OK gRPC status."""
 
-    def __init__(self, code: grpc.StatusCode, message: str, reason: str | None = None) -> None:
+    def __init__(
+        self, code: grpc.StatusCode, message: str, reason: str | None = None, limit: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.reason = reason
         """Decode-error reason for the metrics (None: not a bitstream problem)."""
+        self.limit = limit if limit is not None else ("elements" if reason == "too_many_elements" else None)
+        """Which limit refused the request (``splitfc_cloud_limit_rejections_total``), if one did."""
 
 
 @dataclass
@@ -198,6 +202,14 @@ class SplitInferenceService:
                 f"as served ({self.settings.preset} preset expects {exp})"
             )
 
+    def _decode_time_exceeded(self, seconds: float) -> RequestFailed:
+        limit = self.settings.max_decode_seconds
+        return RequestFailed(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"request took over {seconds:.3g} s of worker time, over the limit of max_decode_seconds={limit:g}",
+            limit="decode_time",
+        )
+
     def _work(self, data: bytes | bpb.FeatureBitstream, rec: RequestRecord) -> tuple[svc.TaskResult, float, float]:
         t0 = time.perf_counter()
         try:
@@ -224,6 +236,9 @@ class SplitInferenceService:
             code, reason = _classify(exc)
             raise RequestFailed(code, str(exc), reason) from None
         t1 = time.perf_counter()
+        limit = self.settings.max_decode_seconds
+        if limit > 0 and t1 - t0 > limit:
+            raise self._decode_time_exceeded(t1 - t0)  # the event loop has answered already; skip the tail
         try:
             out = model.tail(features)
             result = task_result_to_proto(out)
@@ -247,7 +262,7 @@ class SplitInferenceService:
             raise RequestFailed(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"bitstream of {size} bytes is over the limit of {self.settings.max_bitstream_bytes}",
-                "oversized",
+                "oversized", limit="bitstream_bytes",
             )
         remaining = context.time_remaining() if context is not None else None
         if remaining is not None and remaining <= 0:
@@ -258,6 +273,7 @@ class SplitInferenceService:
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"server busy: {self.settings.max_concurrency} requests running and "
                 f"{self._waiting} waiting (max_queue {self.settings.max_queue}); retry later",
+                limit="queue",
             )
         t_queue = time.perf_counter()
         self._waiting += 1
@@ -276,7 +292,18 @@ class SplitInferenceService:
             slots.release()
             raise RequestFailed(grpc.StatusCode.UNAVAILABLE, "server is shutting down") from None
         cfut.add_done_callback(lambda _f: loop.call_soon_threadsafe(slots.release))
-        result, decode_s, tail_s = await asyncio.wrap_future(cfut)
+        work = asyncio.wrap_future(cfut)
+        limit = self.settings.max_decode_seconds
+        if limit > 0:
+            # A thread cannot be killed: past the limit the caller gets its answer now, the worker
+            # slot stays taken until the thread returns (the CPU bound holds), its result is dropped.
+            work.add_done_callback(lambda f: f.cancelled() or f.exception())
+            try:
+                result, decode_s, tail_s = await asyncio.wait_for(asyncio.shield(work), limit)
+            except TimeoutError:
+                raise self._decode_time_exceeded(time.perf_counter() - t_queue - queue_s) from None
+        else:
+            result, decode_s, tail_s = await work
         stats = rec.stats
         total_s = time.perf_counter() - t_start
         rec.timings_ms = {
@@ -333,6 +360,8 @@ class SplitInferenceService:
             return response, None
         except RequestFailed as exc:
             rec.status, rec.message = exc.code.name, exc.message
+            if exc.limit is not None:
+                self.metrics.limit_rejections.labels(exc.limit).inc()
             if exc.reason is not None:
                 self.metrics.decode_errors.labels(split_label(rec.split), codec_label(rec.codec), exc.reason).inc()
             return None, exc
@@ -374,7 +403,7 @@ class SplitInferenceServicer:
             failure = RequestFailed(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"request message missing or over the limit of {self.service.settings.max_message_bytes} bytes",
-                "oversized",
+                "oversized", limit="message_bytes",
             )
             await self.service.run_one("Infer", "", None, context, t_start, failure)
             await context.abort(failure.code, failure.message)
@@ -401,6 +430,7 @@ class SplitInferenceServicer:
                     failure = RequestFailed(
                         grpc.StatusCode.RESOURCE_EXHAUSTED,
                         f"announced bitstream of {total} bytes is over the limit of {limit}", "oversized",
+                        limit="bitstream_bytes",
                     )
                     break
                 buf = bytearray()

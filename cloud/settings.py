@@ -7,8 +7,9 @@ that pings more often than the server permits gets GOAWAY (too_many_pings).
 from __future__ import annotations
 
 from math import prod
+from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from splitfc.common.errors import SplitfcError
@@ -63,17 +64,36 @@ class CloudSettings(BaseSettings):
     """Where request JSON lines go (default: stderr)."""
     log_requests: bool = True
     """Write one JSON line per request."""
+    # -- hardening (docs/hardening.md) --------------------------------------------------------
+    tls_cert: Path | None = None
+    """PEM server certificate (chain): TLS on both the gRPC and the HTTP port. Needs ``tls_key``."""
+    tls_key: Path | None = None
+    """PEM private key of ``tls_cert``."""
+    tls_client_ca: Path | None = None
+    """PEM CA bundle: mutual TLS, every client must present a certificate it signed."""
+    auth_tokens_file: Path | None = None
+    """Accepted bearer tokens, one per line (# comments): required on every RPC and HTTP route but health."""
+    auth_tokens: SecretStr | None = None
+    """More accepted bearer tokens, comma-separated (env ``SPLITFC_CLOUD_AUTH_TOKENS``)."""
+    allow_plaintext: bool = False
+    """Serve without TLS on a non-loopback address (loopback is always allowed; a warning either way)."""
+    allow_unauthenticated: bool = False
+    """Serve a non-loopback address with neither tokens nor mutual TLS."""
+    max_decode_seconds: float = 30.0
+    """Worker time (parse + decode + tail) one request may take; beyond it: RESOURCE_EXHAUSTED. 0: no limit."""
+    max_streams_per_client: int = 64
+    """Concurrent calls of one client (its token, else its IP address); beyond it: RESOURCE_EXHAUSTED."""
 
-    @field_validator("max_concurrency", "torch_threads")
+    @field_validator("max_concurrency", "torch_threads", "max_streams_per_client")
     @classmethod
     def _positive(cls, v: int) -> int:
         if v < 1:
             raise ValueError("must be >= 1")
         return v
 
-    @field_validator("max_queue")
+    @field_validator("max_queue", "max_decode_seconds")
     @classmethod
-    def _non_negative(cls, v: int) -> int:
+    def _non_negative(cls, v: float) -> float:
         if v < 0:
             raise ValueError("must be >= 0")
         return v

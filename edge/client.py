@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from splitfc.edge.security import call_metadata, channel_for
 from splitfc.edge.settings import EdgeSettings
 from splitfc.v1 import service_pb2 as svc
 from splitfc.v1 import service_pb2_grpc as svc_grpc
@@ -55,10 +56,12 @@ def chunk_messages(request_id: str, data: bytes, chunk_bytes: int) -> list[svc.B
 class EdgeClient:
     """An async client over one channel (use as ``async with``)."""
 
-    def __init__(self, target: str, settings: EdgeSettings | None = None) -> None:
+    def __init__(self, target: str, settings: EdgeSettings | None = None, warn: bool = True) -> None:
         self.target = target
         self.settings = settings or EdgeSettings()
-        self.channel = grpc.aio.insecure_channel(target, options=self.settings.grpc_options())
+        self.metadata = call_metadata(self.settings)
+        """``authorization: Bearer ...`` on every call when a token is configured."""
+        self.channel = channel_for(target, self.settings, warn=warn)
         self.stub = svc_grpc.SplitInferenceStub(self.channel)
 
     async def __aenter__(self) -> EdgeClient:
@@ -71,7 +74,9 @@ class EdgeClient:
         await self.channel.close()
 
     async def info(self, timeout: float = 10.0) -> svc.ServerInfo:
-        return await self.stub.GetInfo(svc.GetInfoRequest(), timeout=timeout, wait_for_ready=True)
+        return await self.stub.GetInfo(
+            svc.GetInfoRequest(), timeout=timeout, wait_for_ready=True, metadata=self.metadata
+        )
 
     async def wait_ready(self, timeout: float = 60.0) -> svc.ServerInfo:
         """Wait until the server answers GetInfo with ready = true."""
@@ -97,14 +102,16 @@ class EdgeClient:
 
     async def _attempt(self, request_id: str, data: bytes, timeout: float) -> svc.InferResponse:
         if len(data) <= self.settings.chunk_bytes:
-            return await self.stub.Infer(svc.InferRequest(request_id=request_id, bitstream=data), timeout=timeout)
+            return await self.stub.Infer(
+                svc.InferRequest(request_id=request_id, bitstream=data), timeout=timeout, metadata=self.metadata
+            )
         chunks = chunk_messages(request_id, data, self.settings.chunk_bytes)
 
         async def stream() -> AsyncIterator[svc.BitstreamChunk]:
             for c in chunks:
                 yield c
 
-        return await self.stub.InferChunked(stream(), timeout=timeout)
+        return await self.stub.InferChunked(stream(), timeout=timeout, metadata=self.metadata)
 
     async def infer(self, request_id: str, data: bytes, deadline_s: float | None = None) -> CallResult:
         """Send one serialized bitstream; retry UNAVAILABLE within the deadline."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIB = 1 << 20
@@ -39,6 +40,22 @@ class EdgeSettings(BaseSettings):
     """Where uncompressed reference outputs are cached (accuracy without ground truth)."""
     log_file: str | None = None
     """Where request JSON lines go (default: stderr when --log is given, else nowhere)."""
+    # -- hardening (docs/hardening.md) --------------------------------------------------------
+    tls: bool = False
+    """Use TLS with the system's root certificates (implied by ``tls_ca``)."""
+    tls_ca: Path | None = None
+    """PEM CA bundle that signed the cloud's certificate: TLS."""
+    tls_cert: Path | None = None
+    """PEM client certificate for mutual TLS (with ``tls_key``)."""
+    tls_key: Path | None = None
+    tls_server_name: str | None = None
+    """Name to check the server certificate against, when it differs from the target's host."""
+    token_file: Path | None = None
+    """File whose first non-comment line is the bearer token sent on every call."""
+    token: SecretStr | None = None
+    """The bearer token itself (env ``SPLITFC_EDGE_TOKEN``); ``token_file`` wins when both are set."""
+    allow_plaintext: bool = False
+    """Talk plaintext to a non-loopback cloud (``--insecure``); loopback is always allowed."""
 
     def grpc_options(self) -> list[tuple[str, int]]:
         """Channel arguments of the client."""

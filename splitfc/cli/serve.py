@@ -35,6 +35,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-concurrency", type=_positive_int, help="requests decoded/run at once (default 2)")
     p.add_argument("--max-queue", type=int, help="requests allowed to wait (default 64)")
     p.add_argument("--log-file", help="request JSON lines go here (default stderr)")
+    sec = p.add_argument_group("security (docs/hardening.md)")
+    sec.add_argument("--tls-cert", type=Path, metavar="PEM", help="server certificate: TLS on gRPC and HTTP")
+    sec.add_argument("--tls-key", type=Path, metavar="PEM", help="private key of --tls-cert")
+    sec.add_argument("--tls-client-ca", type=Path, metavar="PEM", help="mutual TLS: clients need a cert it signed")
+    sec.add_argument("--auth-tokens-file", type=Path, metavar="PATH",
+                     help="accepted bearer tokens, one per line (every RPC and HTTP route but health)")
+    sec.add_argument("--insecure", action="store_true",
+                     help="allow plaintext and unauthenticated clients on a non-loopback address")
     p.set_defaults(func=cmd_cloud_serve)
 
     edge = sub.add_parser("edge", help="the edge side: run head, code, send to a cloud, report")
@@ -60,6 +68,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", type=Path, metavar="OUT", help="write the full report (every request) as JSON")
     p.add_argument("--log", action="store_true", help="write one JSON line per request to stderr")
     p.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the server to be ready")
+    sec = p.add_argument_group("security (docs/hardening.md)")
+    sec.add_argument("--tls-ca", type=Path, metavar="PEM", help="CA that signed the cloud's certificate: TLS")
+    sec.add_argument("--tls-cert", type=Path, metavar="PEM", help="client certificate (mutual TLS)")
+    sec.add_argument("--tls-key", type=Path, metavar="PEM", help="private key of --tls-cert")
+    sec.add_argument("--token-file", type=Path, metavar="PATH", help="bearer token sent on every call")
+    sec.add_argument("--insecure", action="store_true", help="allow plaintext to a non-loopback cloud")
     p.set_defaults(func=cmd_edge_run)
 
 
@@ -72,10 +86,13 @@ def cmd_cloud_serve(args: argparse.Namespace) -> int:
         for key, value in {
             "host": args.host, "grpc_port": args.grpc_port, "http_port": args.http_port, "preset": args.preset,
             "splits": args.splits, "max_concurrency": args.max_concurrency, "max_queue": args.max_queue,
-            "log_file": args.log_file,
+            "log_file": args.log_file, "tls_cert": args.tls_cert, "tls_key": args.tls_key,
+            "tls_client_ca": args.tls_client_ca, "auth_tokens_file": args.auth_tokens_file,
         }.items()
         if value is not None
     }
+    if args.insecure:
+        overrides.update(allow_plaintext=True, allow_unauthenticated=True)
     settings = CloudSettings(**overrides)
     settings.split_ids()  # validate before binding anything
     server = CloudServer(settings)
@@ -96,6 +113,8 @@ def cmd_cloud_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_edge_run(args: argparse.Namespace) -> int:
+    import grpc
+
     from splitfc.common.codecs import get_codec
     from splitfc.common.errors import SplitfcError
     from splitfc.common.jsonlog import json_logger, silent_logger
@@ -112,7 +131,16 @@ def cmd_edge_run(args: argparse.Namespace) -> int:
         if codec.rate_name != "none":
             raise SplitfcError(f"codec {codec.name} needs --qp (its {codec.rate_name}), e.g. {list(codec.rates)}")
         qp = 0
-    settings = EdgeSettings()
+    edge_overrides: dict[str, Any] = {
+        key: value
+        for key, value in {
+            "tls_ca": args.tls_ca, "tls_cert": args.tls_cert, "tls_key": args.tls_key, "token_file": args.token_file,
+        }.items()
+        if value is not None
+    }
+    if args.insecure:
+        edge_overrides["allow_plaintext"] = True
+    settings = EdgeSettings(**edge_overrides)
     if args.log or settings.log_file:
         logger = json_logger("splitfc.edge.requests", settings.log_file)
     else:
@@ -128,6 +156,8 @@ def cmd_edge_run(args: argparse.Namespace) -> int:
                 info = await client.wait_ready(args.wait)
             except TimeoutError as exc:
                 raise SplitfcError(str(exc)) from None
+            except grpc.aio.AioRpcError as exc:
+                raise SplitfcError(f"server {args.server}: {exc.code().name}: {exc.details()}") from None
         served = [s.split for s in info.splits]
         if args.split not in served:
             raise SplitfcError(f"server {args.server} does not serve {args.split} (it serves {', '.join(served)})")
