@@ -391,6 +391,7 @@ def drive_edge(server: str, split: str, preset: str, samples: int) -> None:
     from splitfc.common.codecs.raw import RawCodec
     from splitfc.common.models import get_split_model, tiny_samples
     from splitfc.edge.client import GRPC_FRAME_HEADER, EdgeClient
+    from splitfc.edge.settings import EdgeSettings
 
     model = get_split_model(split, preset=preset)
     inputs = tiny_samples(split, samples)
@@ -422,7 +423,7 @@ def drive_edge(server: str, split: str, preset: str, samples: int) -> None:
         return rows
 
     async def run() -> None:
-        async with EdgeClient(server) as client:
+        async with EdgeClient(server, EdgeSettings(allow_plaintext=True)) as client:
             await client.wait_ready(120.0)
             print(json.dumps({"ready": True}), flush=True)
             for line in sys.stdin:
@@ -589,8 +590,9 @@ def run_splitfc_bench(link: VethLink, args: argparse.Namespace, points: list[Poi
     """
     log = (workdir / "cloud.log").open("wb")
     server = subprocess.Popen(
-        link.cloud.argv([*_splitfc_argv(), "cloud", "serve", "--host", link.cloud.addr, "--grpc-port", str(GRPC_PORT),
-                         "--http-port", str(HTTP_PORT), "--preset", args.preset, "--splits", args.split]),
+        link.cloud.argv([*_splitfc_argv(), "cloud", "serve", "--host", link.cloud.addr, "--insecure",
+                         "--grpc-port", str(GRPC_PORT), "--http-port", str(HTTP_PORT), "--preset", args.preset,
+                         "--splits", args.split]),
         stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "SPLITFC_CLOUD_LOG_REQUESTS": "false"},
     )
     driver = None
