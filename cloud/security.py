@@ -151,10 +151,10 @@ def check_transport(settings: CloudSettings) -> TransportPolicy:
         if s.tls_client_ca is not None:
             policy.client_ca = _read(s.tls_client_ca, "client CA")
     elif loopback:
-        warnings.append(f"plaintext gRPC and HTTP on loopback {s.host} (no TLS configured): "
+        warnings.append(f"no TLS configured: plaintext on loopback {s.host}, "
                         "fine for local use; set SPLITFC_CLOUD_TLS_CERT/KEY for anything else")
     elif s.allow_plaintext:
-        warnings.append(f"PLAINTEXT gRPC and HTTP on {s.host}, explicitly allowed (--insecure / "
+        warnings.append(f"PLAINTEXT (no TLS) on {s.host}, explicitly allowed (--insecure / "
                         "SPLITFC_CLOUD_ALLOW_PLAINTEXT): anyone on the path can read and alter traffic")
     else:
         raise SecurityConfigError(
