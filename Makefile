@@ -51,3 +51,14 @@ netbench: $(STAMP)
 # Five-QP sweeps of every QP codec on the five full paper-size shapes (long: about 30-60 min on 2 cores).
 test-full: $(STAMP)
 	$(BIN)/python -m pytest -q -m paper_full tests/test_codecs.py
+
+# Hardening (docs/hardening.md): 100,000 fuzz inputs over the bitstream parser, every codec's
+# decoder and request parsing; a soak of 10,000 requests against a cloud process (RSS sampled).
+.PHONY: fuzz soak
+FUZZ_BUDGET ?= 100000
+fuzz: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python tests/fuzz_targets.py --budget $(FUZZ_BUDGET) --json results/fuzz.json
+
+SOAK_REQUESTS ?= 10000
+soak: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/splitfc soak --requests $(SOAK_REQUESTS) --concurrency 16 --json results/soak.json

@@ -1,0 +1,318 @@
+"""Fuzz targets over everything that parses bytes from the network (hypothesis-driven).
+
+Each target feeds generated or mutated inputs to one parser and accepts only two outcomes: a
+clean result or a `SplitfcError`. Anything else (another exception, an input running past
+``HANG_SECONDS``, a decoded tensor larger than the element limit) fails. Seeds are real
+bitstreams of the tiny models, mutated three ways: bytes of the whole message, payload bytes with
+the CRC fixed up (so the codec's decoder itself sees them), and header fields with the CRC intact.
+
+``python tests/fuzz_targets.py --budget 100000 --json results/fuzz.json`` (``make fuzz``) runs
+them all with the budget split by `WEIGHTS` and prints how many inputs each target tried.
+``tests/test_fuzz.py`` runs the same targets with a small budget in the default test run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import signal
+import sys
+import time
+import zlib
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import cache
+from typing import Any
+
+import numpy as np
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+from splitfc.cloud.settings import default_max_elements
+from splitfc.common.bitstream import decode_features, encode_features, parse_bitstream, validate_bitstream
+from splitfc.common.errors import SplitfcError
+from splitfc.common.specs import SPLITS
+from splitfc.v1 import bitstream_pb2 as bpb
+from splitfc.v1 import service_pb2 as svc
+
+HANG_SECONDS = 20.0
+"""An input that takes longer than this is a hang (external decoders have their own timeout first)."""
+SEED_CODECS = (("raw", 0), ("hevc", 32), ("vvenc", 32), ("hyperprior", 2))
+WEIGHTS = {
+    "parse_random_bytes": 0.30,
+    "request_messages": 0.10,
+    "validate_structured": 0.20,
+    "raw_mutated": 0.30,
+    "hyperprior_mutated": 0.08,
+    "hevc_mutated": 0.01,
+    "vvenc_mutated": 0.01,
+}
+"""Share of the budget per target (the in-process parsers get most; external decoders few)."""
+
+
+class Hang(Exception):
+    """An input ran past ``HANG_SECONDS``."""
+
+
+@contextmanager
+def time_limit(seconds: float) -> Iterator[None]:
+    """Raise `Hang` in the main thread when the block runs longer than ``seconds``."""
+
+    def on_alarm(_sig: int, _frame: Any) -> None:
+        raise Hang(f"input ran longer than {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def element_limit(split: str) -> int:
+    """What the cloud would allow: the split's default element limit (1 Mi for an unknown split)."""
+    return default_max_elements(split) if split in SPLITS else 1 << 20
+
+
+def decode_outcome(data: bytes) -> str:
+    """Parse + validate + decode like the cloud does; "decoded" or "rejected" (a SplitfcError)."""
+    try:
+        msg = parse_bitstream(data)
+        limit = element_limit(msg.split)
+        out = decode_features(msg, limit)
+    except SplitfcError:
+        return "rejected"
+    assert isinstance(out, np.ndarray) and out.size <= limit, "decoded more than the element limit"
+    assert tuple(out.shape) == tuple(msg.tensors[0].shape)
+    return "decoded"
+
+
+@cache
+def seed_bitstreams(codec: str) -> tuple[bytes, ...]:
+    """Real serialized bitstreams of ``codec`` for a few tiny-model splits (empty if unavailable)."""
+    from splitfc.common.codecs import CODECS
+    from splitfc.common.models import get_split_model, tiny_samples
+
+    cls = CODECS.get(codec)
+    if cls is None or cls.unavailable_reason() is not None:
+        return ()
+    rate = dict(SEED_CODECS)[codec]
+    out = []
+    splits = ("dinov2-cls", "llama3-csr") if codec == "raw" else ("dinov2-cls",)
+    for split in splits:
+        features = get_split_model(split, "tiny").head(tiny_samples(split, 1)[0].inputs)
+        try:
+            out.append(encode_features(features, split, codec, rate).SerializeToString())
+        except SplitfcError:
+            continue  # e.g. no hyperprior checkpoint for this split
+    return tuple(out)
+
+
+# -- mutations ------------------------------------------------------------------------------------
+_ops = st.lists(
+    st.tuples(st.sampled_from(["flip", "set", "insert", "delete", "truncate"]),
+              st.integers(0, 1 << 20), st.integers(0, 255)),
+    min_size=1, max_size=8,
+)
+
+
+def mutate(data: bytes, ops: list[tuple[str, int, int]]) -> bytes:
+    buf = bytearray(data)
+    for op, pos, value in ops:
+        if not buf and op != "insert":
+            continue
+        i = pos % (len(buf) + (1 if op == "insert" else 0))
+        if op == "flip":
+            buf[i] ^= 1 << (value % 8)
+        elif op == "set":
+            buf[i] = value
+        elif op == "insert":
+            buf[i:i] = bytes([value])
+        elif op == "delete":
+            del buf[i]
+        else:
+            del buf[i:]
+    return bytes(buf)
+
+
+def with_fixed_crc(msg: bpb.FeatureBitstream) -> bytes:
+    msg.payload_crc32 = zlib.crc32(msg.payload)
+    return msg.SerializeToString()
+
+
+@st.composite
+def mutated_bitstream(draw: st.DrawFn, seeds: tuple[bytes, ...]) -> bytes:
+    """A seed bitstream mutated in the whole message, in its payload (CRC fixed) or in its header."""
+    data = draw(st.sampled_from(seeds))
+    mode = draw(st.sampled_from(["message", "payload", "payload", "header"]))
+    if mode == "message":
+        return mutate(data, draw(_ops))
+    msg = parse_bitstream(data)
+    if mode == "payload":
+        msg.payload = mutate(msg.payload, draw(_ops))
+        return with_fixed_crc(msg)
+    field = draw(st.sampled_from(["shape", "frame", "ranges", "bit_depth", "extra", "rate", "dtype", "split"]))
+    if field == "shape":
+        dims = draw(st.lists(st.integers(0, 1 << 31), min_size=0, max_size=5))
+        del msg.tensors[0].shape[:]
+        msg.tensors[0].shape.extend(dims)
+    elif field == "frame" and msg.HasField("preprocessing"):
+        msg.preprocessing.frame_height = draw(st.integers(0, 1 << 16))
+        msg.preprocessing.frame_width = draw(st.integers(0, 1 << 16))
+    elif field == "ranges" and msg.HasField("preprocessing"):
+        del msg.preprocessing.ranges[:]
+        for low, high in draw(st.lists(st.tuples(st.floats(allow_nan=True), st.floats(allow_nan=True)), max_size=4)):
+            msg.preprocessing.ranges.add(low=low, high=high)
+    elif field == "bit_depth" and msg.HasField("preprocessing"):
+        msg.preprocessing.bit_depth = draw(st.integers(0, 64))
+    elif field == "extra":
+        key = draw(st.sampled_from(["store_dtype", "compression", "checkpoint", "checkpoint_split", "tile", "x"]))
+        msg.codec.extra[key] = draw(st.text(max_size=40))
+    elif field == "rate":
+        msg.codec.rate = draw(st.integers(-(1 << 31), (1 << 31) - 1))
+    elif field == "dtype":
+        msg.tensors[0].dtype = draw(st.integers(0, 20))
+    else:
+        msg.split = draw(st.sampled_from([*SPLITS, "", "nope"]))
+    return with_fixed_crc(msg)
+
+
+@st.composite
+def structured_bitstream(draw: st.DrawFn) -> bytes:
+    """A bitstream built field by field: any split/codec/shape/header with a correct CRC."""
+    from splitfc.common.codecs import CODECS
+
+    msg = bpb.FeatureBitstream(
+        format_version=draw(st.sampled_from([1, 1, 1, 0, 2])),
+        split=draw(st.sampled_from([*SPLITS, "x"])),
+    )
+    msg.codec.codec = draw(st.sampled_from(["raw", "raw", *CODECS, "zzz"]))
+    msg.codec.rate = draw(st.integers(0, 64))
+    t = msg.tensors.add()
+    t.shape.extend(draw(st.lists(st.integers(0, 4096), max_size=4)))
+    t.dtype = draw(st.integers(0, 4))
+    if draw(st.booleans()):
+        pre = msg.preprocessing
+        pre.bit_depth = draw(st.integers(0, 17))
+        pre.packing = draw(st.sampled_from(["", "tile", "spatial", "channel", "token"]))
+        pre.frame_height = draw(st.integers(0, 2048))
+        pre.frame_width = draw(st.integers(0, 2048))
+        for _ in range(draw(st.integers(0, 3))):
+            pre.ranges.add(low=draw(st.floats(-10, 10)), high=draw(st.floats(-10, 10)))
+    msg.payload = draw(st.binary(max_size=4096))
+    if draw(st.booleans()):
+        msg.codec.extra["store_dtype"] = draw(st.sampled_from(["float32", "float16", "bfloat16", "int8"]))
+    return with_fixed_crc(msg)
+
+
+# -- targets --------------------------------------------------------------------------------------
+def _parse_random(data: bytes) -> str:
+    try:
+        msg = parse_bitstream(data)
+    except SplitfcError:
+        return "rejected"
+    try:
+        validate_bitstream(msg, element_limit(msg.split))
+    except SplitfcError:
+        return "parsed"
+    return "valid"
+
+
+def _request_messages(data: bytes) -> str:
+    """The service's request parsing: InferRequest / BitstreamChunk bytes, then the carried bitstream."""
+    from google.protobuf.message import DecodeError
+
+    try:
+        req = svc.InferRequest.FromString(data)
+    except DecodeError:
+        try:
+            svc.BitstreamChunk.FromString(data)
+        except DecodeError:
+            return "rejected"
+        return "chunk"
+    kind = req.WhichOneof("input")
+    if kind == "bitstream":
+        return decode_outcome(req.bitstream)
+    if kind == "bitstream_message":
+        return decode_outcome(req.bitstream_message.SerializeToString())
+    return "empty"
+
+
+def targets() -> dict[str, tuple[st.SearchStrategy[bytes], Callable[[bytes], str]]]:
+    """name -> (input strategy, check). Codec targets whose codec is unavailable are left out."""
+    out: dict[str, tuple[st.SearchStrategy[bytes], Callable[[bytes], str]]] = {
+        "parse_random_bytes": (st.binary(max_size=2048), _parse_random),
+        "request_messages": (st.one_of(st.binary(max_size=512), _request_strategy()), _request_messages),
+        "validate_structured": (structured_bitstream(), decode_outcome),
+    }
+    for codec in ("raw", "hyperprior", "hevc", "vvenc"):
+        seeds = seed_bitstreams(codec)
+        if seeds:
+            out[f"{codec}_mutated"] = (mutated_bitstream(seeds), decode_outcome)
+    return out
+
+
+def _request_strategy() -> st.SearchStrategy[bytes]:
+    seeds = seed_bitstreams("raw")
+    return st.builds(
+        lambda rid, bs: svc.InferRequest(request_id=rid, bitstream=bs).SerializeToString(),
+        st.text(max_size=20), mutated_bitstream(seeds),
+    )
+
+
+def run_target(name: str, examples: int, seed: int = 0) -> dict[str, Any]:
+    """Run one target for ``examples`` inputs; return counts per outcome and the time taken."""
+    strategy, check = targets()[name]
+    outcomes: Counter[str] = Counter()
+
+    @settings(max_examples=examples, deadline=None, database=None, derandomize=False,
+              suppress_health_check=list(HealthCheck), phases=[Phase.generate, Phase.shrink], print_blob=True)
+    @given(strategy)
+    def fuzz(data: bytes) -> None:
+        with time_limit(HANG_SECONDS):
+            outcomes[check(data)] += 1
+
+    t0 = time.perf_counter()
+    fuzz._hypothesis_internal_use_seed = seed  # type: ignore[attr-defined]
+    fuzz()
+    return {"inputs": sum(outcomes.values()), "outcomes": dict(outcomes), "seconds": time.perf_counter() - t0}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Fuzz the bitstream parser, every codec's decoder and request parsing.")
+    p.add_argument("--budget", type=int, default=100_000, help="inputs in total (split by WEIGHTS)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="write the counts here")
+    args = p.parse_args(argv)
+    available = targets()
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    report: dict[str, Any] = {"budget": args.budget, "targets": {}}
+    t0 = time.perf_counter()
+    for name, weight in WEIGHTS.items():
+        if name not in available:
+            print(f"{name:<22} skipped (codec unavailable)", flush=True)
+            continue
+        n = max(1, round(args.budget * weight))
+        res = run_target(name, n, args.seed)
+        report["targets"][name] = res
+        print(f"{name:<22} {res['inputs']:>7} inputs  {res['seconds']:7.1f} s  {res['outcomes']}", flush=True)
+    total = sum(t["inputs"] for t in report["targets"].values())
+    report.update(
+        inputs=total, crashes=0, hangs=0, seconds=time.perf_counter() - t0,
+        max_rss_mib_start=rss0 / 1024, max_rss_mib_end=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    )
+    print(f"total {total} inputs, 0 crashes, 0 hangs, {report['seconds']:.0f} s, "
+          f"max RSS {report['max_rss_mib_start']:.0f} -> {report['max_rss_mib_end']:.0f} MiB")
+    if args.json:
+        from pathlib import Path
+
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
