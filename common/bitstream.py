@@ -186,8 +186,12 @@ def decode_features(msg: pb.FeatureBitstream, max_elements: int | None = None) -
     frame = None
     if msg.HasField("preprocessing"):
         pre = msg.preprocessing
+        try:
+            packing = Packing(pre.packing)
+        except ValueError:
+            raise BitstreamError(f"unknown packing {pre.packing!r} in the pre-processing header") from None
         frame = FrameInfo(
-            tuple((r.low, r.high) for r in pre.ranges), pre.bit_depth, Packing(pre.packing),
+            tuple((r.low, r.high) for r in pre.ranges), pre.bit_depth, packing,
             pre.frame_height, pre.frame_width,
         )
     try:

@@ -79,6 +79,27 @@ class RequestReport:
     """Compact view of the task output (label/letter; shape for arrays)."""
 
 
+MAX_CLASSES = 1 << 20
+"""Largest class count a classification response may declare (the edge allocates that many floats)."""
+
+
+def decode_response(resp: Any) -> TaskOutput:
+    """`task_result_from_proto` for an untrusted response: anything malformed is a `SplitfcError`."""
+    res = resp.result
+    if res.WhichOneof("output") == "classification":
+        c = res.classification
+        if not 0 <= c.num_classes <= MAX_CLASSES or any(not 0 <= i < MAX_CLASSES for i in c.top5_ids):
+            raise SplitfcError(f"classification response declares classes outside 0..{MAX_CLASSES}")
+        if len(c.top5_ids) != len(c.top5_probs):
+            raise SplitfcError("classification response: top-5 ids and probabilities differ in length")
+    try:
+        return task_result_from_proto(res)
+    except SplitfcError:
+        raise
+    except Exception as exc:  # a malformed response is this request's error, never the run's
+        raise SplitfcError(f"malformed task result: {type(exc).__name__}: {exc}") from None
+
+
 def percentiles(values: Sequence[float]) -> dict[str, float | None]:
     """p50/p95/p99/mean/max of a list (None when empty); linear interpolation."""
     if not values:
@@ -245,7 +266,7 @@ async def run_edge(
             rep.server_ms = timing.total_ms
             rep.network_ms = max(0.0, call.rtt_s * 1e3 - timing.total_ms)
             try:
-                out = task_result_from_proto(resp.result)
+                out = decode_response(resp)
             except SplitfcError as exc:
                 rep.status, rep.error = "BAD_RESPONSE", str(exc)
             else:
