@@ -133,6 +133,9 @@ class EdgeClient:
             try:
                 resp = await self._attempt(request_id, data, remaining)
                 now = time.perf_counter()
+                if resp is None:  # grpc.aio hands back None when the response bytes do not deserialize
+                    return CallResult(None, grpc.StatusCode.INTERNAL, "malformed response: not an InferResponse",
+                                      attempt, now - ta, now - t0, wire, chunked)
                 return CallResult(resp, grpc.StatusCode.OK, "", attempt, now - ta, now - t0, wire, chunked)
             except grpc.aio.AioRpcError as exc:
                 now = time.perf_counter()
