@@ -61,4 +61,4 @@ fuzz: $(STAMP)
 
 SOAK_REQUESTS ?= 10000
 soak: $(STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/splitfc soak --requests $(SOAK_REQUESTS) --concurrency 16 --json results/soak.json
+	OMP_NUM_THREADS=1 $(BIN)/splitfc soak --requests $(SOAK_REQUESTS) --concurrency 16 --sample-every 0.5 --json results/soak.json
