@@ -16,32 +16,21 @@ and ``checkpoint_split``; decoding with any other checkpoint is refused.
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
-import torch
 
 from splitfc.common.codecs import register_codec
 from splitfc.common.codecs.base import Encoded, FrameCodec, FrameInfo
 from splitfc.common.errors import BitstreamError, SplitfcError
-from splitfc.common.learned.checkpoint import CheckpointError, HyperpriorConfig, load_checkpoint
-from splitfc.common.learned.model import (
-    FeatureHyperprior,
-    deterministic_cpu,
-    pad_replicate,
-    tiles,
-    y_symbols_for,
-    z_shape_for,
-    z_symbols_for,
-)
-from splitfc.common.learned.payload import pack_payload, unpack_payload
 from splitfc.common.specs import SplitSpec, TruncationColumn, get_split
 
+if TYPE_CHECKING:
+    from splitfc.common.learned.checkpoint import HyperpriorConfig
+    from splitfc.common.learned.model import FeatureHyperprior
+
 SHIPPED_DIR = Path(__file__).resolve().parent / "checkpoints" / "hyperprior"
-_LOCK = threading.Lock()
-_CACHE: dict[tuple[str, int, int], tuple[FeatureHyperprior, HyperpriorConfig]] = {}
 
 
 def checkpoint_dir() -> Path:
@@ -54,58 +43,6 @@ def checkpoint_dir() -> Path:
 def checkpoint_path(split: str, quality: int, directory: Path | None = None) -> Path:
     """Where the checkpoint of ``split`` at ``quality`` lives."""
     return Path(directory or checkpoint_dir()) / split / f"q{quality}.safetensors"
-
-
-def load_cached(path: Path, split: str) -> tuple[FeatureHyperprior, HyperpriorConfig]:
-    """`load_checkpoint` with a per-process cache keyed by path, size and mtime."""
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        raise CheckpointError(
-            f"no hyperprior checkpoint for split {split} at {path} (train one with splitfc train-codec, "
-            "or point SPLITFC_HYPERPRIOR_DIR at a checkpoint folder)"
-        ) from None
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    with _LOCK:
-        if key not in _CACHE:
-            _CACHE[key] = load_checkpoint(path, expect_split=split)
-        return _CACHE[key]
-
-
-def _frame_tensor(frame: np.ndarray, bit_depth: int) -> torch.Tensor:
-    return torch.from_numpy(frame.astype(np.float32) / ((1 << bit_depth) - 1))[None, None]
-
-
-def _zero_padded(data: bytes, symbols: int) -> bytes:
-    """``data`` followed by zeros: bounds how far a hostile rANS stream can read past its end."""
-    return data + bytes(16 * len(data) + 8 * symbols + 64)
-
-
-def encode_with(model: FeatureHyperprior, cfg: HyperpriorConfig, frame: np.ndarray, bit_depth: int) -> bytes:
-    """Code a uint16 frame with a loaded model; return the payload (layout in `payload`)."""
-    h, w = frame.shape
-    x = _frame_tensor(frame, bit_depth)
-    strings = []
-    with _LOCK, deterministic_cpu():
-        for top, left, th, tw in tiles(h, w, cfg.tile):
-            y, z, _ = model.compress_padded(pad_replicate(x[..., top:top + th, left:left + tw]))
-            strings.append((y, z))
-    return pack_payload(cfg.tile, strings)
-
-
-def decode_with(model: FeatureHyperprior, payload: bytes, height: int, width: int, bit_depth: int) -> np.ndarray:
-    """Decode a payload into a uint16 frame of ``height`` x ``width``."""
-    tile, strings = unpack_payload(payload, lambda t: len(tiles(height, width, t)))
-    levels = (1 << bit_depth) - 1
-    out = np.empty((height, width), dtype=np.uint16)
-    with _LOCK, deterministic_cpu():
-        for (top, left, th, tw), (y, z) in zip(tiles(height, width, tile), strings, strict=True):
-            y_pad = _zero_padded(y, y_symbols_for(th, tw, model.M))
-            z_pad = _zero_padded(z, z_symbols_for(th, tw, model.N))
-            x_hat = model.decompress_padded(y_pad, z_pad, z_shape_for(th, tw))
-            rec = torch.round(x_hat[0, 0, :th, :tw].clamp(0, 1) * levels)
-            out[top:top + th, left:left + tw] = rec.numpy().astype(np.uint16)
-    return out
 
 
 @register_codec
@@ -134,6 +71,8 @@ class HyperpriorCodec(FrameCodec):
 
     def model_for(self, split: str, quality: int) -> tuple[FeatureHyperprior, HyperpriorConfig]:
         """The loaded checkpoint for ``split`` at ``quality``."""
+        from splitfc.common.learned.engine import load_cached
+
         self.check_rate(quality)
         return load_cached(checkpoint_path(split, quality, self.directory), split)
 
@@ -143,6 +82,8 @@ class HyperpriorCodec(FrameCodec):
         model, cfg = self.model_for(source, rate)
         plan = self.plan(spec, features.shape)
         frame = plan.to_frame(features)
+        from splitfc.common.learned.engine import encode_with
+
         payload = encode_with(model, cfg, frame, plan.bit_depth)
         h, w = frame.shape
         info = FrameInfo(plan.ranges, plan.bit_depth, spec.packing, h, w)
@@ -170,6 +111,7 @@ class HyperpriorCodec(FrameCodec):
                 f"here is {cfg.checkpoint_id[:12]} ({checkpoint_path(source, rate, self.directory)}); "
                 "decode with the checkpoint that coded it"
             )
+        from splitfc.common.learned.engine import decode_with
         from splitfc.common.preprocess import FramePlan
 
         plan = FramePlan(spec, tuple(shape), frame.ranges, frame.bit_depth)
@@ -180,6 +122,8 @@ class HyperpriorCodec(FrameCodec):
         """Frame-level coding needs a split to pick the checkpoint: construct with ``source_split``."""
         if self.source_split is None:
             raise SplitfcError("hyperprior codes frames with a split's checkpoint: pass source_split")
+        from splitfc.common.learned.engine import encode_with
+
         model, cfg = self.model_for(self.source_split, rate)
         payload = encode_with(model, cfg, frame, self.bit_depth)
         return payload, {"checkpoint": cfg.checkpoint_id, "checkpoint_split": cfg.split}
@@ -193,4 +137,6 @@ class HyperpriorCodec(FrameCodec):
         model, cfg = self.model_for(get_split(source).id, rate)
         if extra.get("checkpoint") != cfg.checkpoint_id:
             raise BitstreamError("hyperprior frame was coded with another checkpoint")
+        from splitfc.common.learned.engine import decode_with
+
         return decode_with(model, payload, height, width, self.bit_depth)
