@@ -13,7 +13,7 @@ nowhere else. Layout names follow the paper's dataset:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from math import prod
 
 from splitfc.common.errors import ShapeError, UnknownNameError
@@ -21,7 +21,7 @@ from splitfc.common.errors import ShapeError, UnknownNameError
 Range = tuple[float, float]
 
 
-class Packing(str, Enum):
+class Packing(StrEnum):
     """How an N-d feature tensor becomes one 2-D frame (paper Section 6.1.1)."""
 
     AS_IS = "as_is"
@@ -34,7 +34,7 @@ class Packing(str, Enum):
     """(C, H, W) -> (r*H, c*W): channels tiled row-major on an r x c grid (4 x 4 for 16)."""
 
 
-class TruncationColumn(str, Enum):
+class TruncationColumn(StrEnum):
     """Which column of paper Table 4 a codec family uses."""
 
     VTM = "vtm"
