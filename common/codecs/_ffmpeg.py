@@ -1,0 +1,98 @@
+"""Intra coding of the packed frame through ffmpeg: the shared part of ``vvenc`` and ``hevc``.
+
+A subclass names its encoder, decoder and pixel format and adds its encoder
+options; frames are padded (edge replication) to what the encoders accept and
+cropped back after decoding. ffmpeg reads and writes pipes: no temporary files.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from functools import cache
+from typing import ClassVar
+
+import numpy as np
+
+from splitfc.common.codecs._external import (
+    check_decoded_size,
+    ffmpeg_has,
+    ffmpeg_path,
+    pad_frame,
+    padded_size,
+    run_program,
+)
+from splitfc.common.codecs.base import FrameCodec
+from splitfc.common.errors import SplitfcError
+from splitfc.common.specs import TruncationColumn
+
+PAD_MULTIPLE = 8
+# Encoders refuse very small pictures (x265 below 16 rows, VVenC at 8x16): pad up to this.
+MIN_SIZE = 32
+MID_GREY_10BIT = 512
+_FFMPEG = ("-hide_banner", "-loglevel", "error", "-nostdin")
+
+
+@cache
+def ffmpeg_support(encoder: str, decoder: str) -> str | None:
+    """None when ffmpeg has both ``encoder`` and ``decoder``, else what is missing."""
+    try:
+        if not ffmpeg_has(encoder, "encoders"):
+            return f"this ffmpeg has no {encoder} encoder"
+        if not ffmpeg_has(decoder, "decoders"):
+            return f"this ffmpeg has no {decoder} decoder"
+    except SplitfcError as exc:
+        return str(exc)
+    return None
+
+
+class FfmpegIntraCodec(FrameCodec):
+    """One intra frame through an ffmpeg encoder and back through an ffmpeg decoder; rate = QP."""
+
+    encoder: ClassVar[str]
+    """ffmpeg encoder name (``-c:v``)."""
+    decoder: ClassVar[str]
+    """ffmpeg decoder name, also the elementary stream format (``-f``)."""
+    pix_fmt: ClassVar[str]
+    """Raw frame format both ways: ``gray10le`` or ``yuv420p10le`` (flat chroma)."""
+    truncation: ClassVar[TruncationColumn | None] = TruncationColumn.VTM
+    rate_name: ClassVar[str] = "qp"
+    rates: ClassVar[tuple[int, ...]] = (22, 27, 32, 37, 42)
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        return ffmpeg_support(cls.encoder, cls.decoder)
+
+    @abstractmethod
+    def encoder_options(self, rate: int) -> tuple[list[str], dict[str, str]]:
+        """Encoder arguments for ``rate`` and the extras recorded in the bitstream."""
+
+    def _raw_frame(self, luma: np.ndarray) -> bytes:
+        data = luma.astype("<u2").tobytes()
+        if self.pix_fmt == "yuv420p10le":
+            h, w = luma.shape
+            chroma = np.full((h // 2) * (w // 2), MID_GREY_10BIT, dtype="<u2").tobytes()
+            data += chroma + chroma
+        return data
+
+    def encode_frame(self, frame: np.ndarray, rate: int) -> tuple[bytes, dict[str, str]]:
+        padded = pad_frame(frame, PAD_MULTIPLE, MIN_SIZE)
+        h, w = padded.shape
+        options, extra = self.encoder_options(rate)
+        args = [
+            ffmpeg_path(), *_FFMPEG, "-f", "rawvideo", "-pix_fmt", self.pix_fmt, "-s", f"{w}x{h}", "-i", "pipe:0",
+            "-frames:v", "1", "-c:v", self.encoder, *options, "-f", self.decoder, "pipe:1",
+        ]
+        return run_program(args, f"{self.name} encode", stdin=self._raw_frame(padded)), extra
+
+    def decode_frame(
+        self, payload: bytes, height: int, width: int, rate: int, extra: dict[str, str]
+    ) -> np.ndarray:
+        ph, pw = padded_size(height, PAD_MULTIPLE, MIN_SIZE), padded_size(width, PAD_MULTIPLE, MIN_SIZE)
+        args = [
+            ffmpeg_path(), *_FFMPEG, "-f", self.decoder, "-i", "pipe:0", "-frames:v", "1",
+            "-f", "rawvideo", "-pix_fmt", self.pix_fmt, "pipe:1",
+        ]
+        out = run_program(args, f"{self.name} decode", stdin=payload)
+        luma = ph * pw * 2
+        check_decoded_size(out, luma * 3 // 2 if self.pix_fmt == "yuv420p10le" else luma, f"{self.name} decode")
+        return np.frombuffer(out, dtype="<u2", count=ph * pw).reshape(ph, pw)[:height, :width].astype(np.uint16)
