@@ -54,6 +54,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("splitfc: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `splitfc codecs | head`: the reader left; exit quietly
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except (SplitfcError, ValueError, FileNotFoundError, PermissionError) as exc:
         if _debug():
             raise
