@@ -1,6 +1,8 @@
 """Typed settings with environment overrides (prefix ``SPLITFC_``).
 
-All configuration is read here; nothing else reads ``os.environ``.
+The shared core's configuration is read here; the service sides have their own
+settings modules (``cloud/settings.py``, ``edge/settings.py``). Nothing else reads
+``os.environ``.
 """
 
 from __future__ import annotations
