@@ -176,3 +176,11 @@ def test_vtm_runs_fake_binaries_without_a_shell(monkeypatch, tmp_path) -> None:
         np.testing.assert_allclose(y, np.clip(x, -20, 20), atol=step / 2 + 1e-5)
     finally:
         settings.codec_settings.cache_clear()
+
+
+@pytest.mark.parametrize("split", list(PAPER_SHAPES))
+def test_hyperprior_round_trips_paper_shapes(split: str, make_features) -> None:
+    """The learned codec tiles paper-size frames (e.g. 3222x6144 for Dpt) and crops them back."""
+    _require("hyperprior")
+    x = make_features(PAPER_SHAPES[split], seed=3)
+    assert _check_round_trip(x, split, "hyperprior", 1) > 0
