@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -30,6 +31,8 @@ class CodecSettings(BaseSettings):
     """VVenC preset (faster, fast, medium, slow, slower)."""
     x265_preset: str = "medium"
     """x265 preset."""
+    vvc_decoder: Literal["ffmpeg", "vtm"] = "ffmpeg"
+    """Decoder of ``vvenc`` bitstreams: ffmpeg's native VVC decoder, or VTM's DecoderAppStatic."""
 
 
 @lru_cache(maxsize=1)

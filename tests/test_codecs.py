@@ -184,3 +184,30 @@ def test_hyperprior_round_trips_paper_shapes(split: str, make_features) -> None:
     _require("hyperprior")
     x = make_features(PAPER_SHAPES[split], seed=3)
     assert _check_round_trip(x, split, "hyperprior", 1) > 0
+
+
+def test_vvenc_can_decode_with_vtm(monkeypatch, tmp_path) -> None:
+    """SPLITFC_VVC_DECODER=vtm routes vvenc payloads to DecoderAppStatic (stand-in here) and crops."""
+    _require("vvenc")
+    from splitfc.common import settings
+
+    h, w = 40, 48  # packed into a 40x48 picture (multiples of 8, at least 32)
+    plane = (np.arange(h * w, dtype="<u2") % 1024).reshape(h, w)
+    (tmp_path / "plane.yuv").write_bytes(plane.tobytes() + np.zeros(h * w // 2, "<u2").tobytes())
+    dec = tmp_path / "DecoderAppStatic"
+    dec.write_text(
+        "#!/usr/bin/env python3\nimport sys, shutil\na=sys.argv\n"
+        f"shutil.copy({str(tmp_path / 'plane.yuv')!r}, a[a.index('-o')+1])\n"
+    )
+    dec.chmod(0o755)
+    (tmp_path / "EncoderAppStatic").write_text("#!/bin/sh\nexit 1\n")
+    (tmp_path / "EncoderAppStatic").chmod(0o755)
+    (tmp_path / "encoder_intra_vtm.cfg").write_text("")
+    monkeypatch.setenv("SPLITFC_VTM_DIR", str(tmp_path))
+    monkeypatch.setenv("SPLITFC_VVC_DECODER", "vtm")
+    settings.codec_settings.cache_clear()
+    try:
+        frame = get_codec("vvenc").decode_frame(b"not decoded by ffmpeg", 37, 45, 32, {})
+        np.testing.assert_array_equal(frame, plane[:37, :45])
+    finally:
+        settings.codec_settings.cache_clear()

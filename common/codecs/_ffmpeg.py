@@ -84,15 +84,19 @@ class FfmpegIntraCodec(FrameCodec):
         ]
         return run_program(args, f"{self.name} encode", stdin=self._raw_frame(padded)), extra
 
-    def decode_frame(
-        self, payload: bytes, height: int, width: int, rate: int, extra: dict[str, str]
-    ) -> np.ndarray:
-        ph, pw = padded_size(height, PAD_MULTIPLE, MIN_SIZE), padded_size(width, PAD_MULTIPLE, MIN_SIZE)
+    def decode_padded(self, payload: bytes, height: int, width: int) -> np.ndarray:
+        """Decode the full padded picture (``height`` x ``width``) with ffmpeg."""
         args = [
             ffmpeg_path(), *_FFMPEG, "-f", self.decoder, "-i", "pipe:0", "-frames:v", "1",
             "-f", "rawvideo", "-pix_fmt", self.pix_fmt, "pipe:1",
         ]
         out = run_program(args, f"{self.name} decode", stdin=payload)
-        luma = ph * pw * 2
+        luma = height * width * 2
         check_decoded_size(out, luma * 3 // 2 if self.pix_fmt == "yuv420p10le" else luma, f"{self.name} decode")
-        return np.frombuffer(out, dtype="<u2", count=ph * pw).reshape(ph, pw)[:height, :width].astype(np.uint16)
+        return np.frombuffer(out, dtype="<u2", count=height * width).reshape(height, width)
+
+    def decode_frame(
+        self, payload: bytes, height: int, width: int, rate: int, extra: dict[str, str]
+    ) -> np.ndarray:
+        ph, pw = padded_size(height, PAD_MULTIPLE, MIN_SIZE), padded_size(width, PAD_MULTIPLE, MIN_SIZE)
+        return self.decode_padded(payload, ph, pw)[:height, :width].astype(np.uint16)

@@ -107,16 +107,19 @@ class VtmCodec(FrameCodec):
     def decode_frame(
         self, payload: bytes, height: int, width: int, rate: int, extra: dict[str, str]
     ) -> np.ndarray:
-        _, decoder, _ = vtm_tools()
-        with tempfile.TemporaryDirectory(prefix="splitfc-vtm-") as tmp:
-            bitstream, yuv = Path(tmp) / "in.bin", Path(tmp) / "out.yuv"
-            bitstream.write_bytes(payload)
-            run_program([decoder, "-b", bitstream, "-o", yuv, "-d", str(self.bit_depth)], "VTM decode")
-            data = yuv.read_bytes() if yuv.is_file() else b""
-        luma = height * width * 2
-        # 4:0:0 output is luma only; a decoder writing 4:2:0 appends two chroma planes.
-        if len(data) not in (luma, luma * 3 // 2):
-            raise CodecError(
-                f"VTM decoder output has {len(data)} bytes; a {height}x{width} 10-bit frame needs {luma}"
-            )
-        return np.frombuffer(data, dtype="<u2", count=height * width).reshape(height, width).astype(np.uint16)
+        return vtm_decode_frame(payload, height, width, self.bit_depth)
+
+
+def vtm_decode_frame(payload: bytes, height: int, width: int, bit_depth: int = 10) -> np.ndarray:
+    """Decode a VVC bitstream with VTM's DecoderAppStatic into a ``height`` x ``width`` luma frame."""
+    _, decoder, _ = vtm_tools()
+    with tempfile.TemporaryDirectory(prefix="splitfc-vtm-") as tmp:
+        bitstream, yuv = Path(tmp) / "in.bin", Path(tmp) / "out.yuv"
+        bitstream.write_bytes(payload)
+        run_program([decoder, "-b", bitstream, "-o", yuv, "-d", str(bit_depth)], "VTM decode")
+        data = yuv.read_bytes() if yuv.is_file() else b""
+    luma = height * width * 2
+    # 4:0:0 output is luma only; a 4:2:0 bitstream (e.g. VVenC's) appends two chroma planes.
+    if len(data) not in (luma, luma * 3 // 2):
+        raise CodecError(f"VTM decoder output has {len(data)} bytes; a {height}x{width} 10-bit frame needs {luma}")
+    return np.frombuffer(data, dtype="<u2", count=height * width).reshape(height, width).astype(np.uint16)

@@ -4,11 +4,18 @@ libvvenc takes 4:2:0 10-bit input only: the packed frame is the luma plane and
 both chroma planes are flat (mid-grey), which costs almost no bits. The intra
 QP offset is 0 and perceptual QP adaptation is off so a QP means what it means
 for VTM. The payload is a standard VVC (Annex B) bitstream.
+
+Decoding uses ffmpeg's native VVC decoder, or VTM's DecoderAppStatic with
+``SPLITFC_VVC_DECODER=vtm``: ffmpeg 9.0.2's decoder mis-decodes some VVenC
+(medium preset) pictures in places (seen on tiny DINOv2 Seg frames: the last
+two rows of a 130-row frame) where VTM's decoder reproduces the encoder exactly.
 """
 
 from __future__ import annotations
 
 from typing import ClassVar
+
+import numpy as np
 
 from splitfc.common.codecs import register_codec
 from splitfc.common.codecs._ffmpeg import FfmpegIntraCodec
@@ -31,3 +38,10 @@ class VvencCodec(FfmpegIntraCodec):
         options = ["-preset", preset, "-qp", str(rate), "-qpa", "0", "-vvenc-params", "IntraQPOffset=0",
                    "-threads", "1"]
         return options, {"preset": preset}
+
+    def decode_padded(self, payload: bytes, height: int, width: int) -> np.ndarray:
+        if codec_settings().vvc_decoder == "vtm":
+            from splitfc.common.codecs.vtm import vtm_decode_frame
+
+            return vtm_decode_frame(payload, height, width, self.bit_depth)
+        return super().decode_padded(payload, height, width)
