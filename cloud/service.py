@@ -47,6 +47,9 @@ from splitfc.v1 import service_pb2 as svc
 SERVICE_NAME = "splitfc.v1.SplitInference"
 ModelLoader = Callable[[str, str], SplitModel]
 
+# A cancellation this close to the deadline is counted as DEADLINE_EXCEEDED (see run_one).
+DEADLINE_SLACK_S = 0.5
+
 
 class RequestFailed(Exception):
     """A request that ends with a non-OK gRPC status."""
@@ -367,7 +370,9 @@ class SplitInferenceService:
             return None, exc
         except asyncio.CancelledError:
             remaining = context.time_remaining() if context is not None else None
-            expired = remaining is not None and remaining <= 0
+            # The client's own deadline fires first and cancels the call: the server's copy of the
+            # deadline (taken when the request arrived) runs out a transit time later.
+            expired = remaining is not None and remaining <= DEADLINE_SLACK_S
             rec.status = "DEADLINE_EXCEEDED" if expired else "CANCELLED"
             rec.message = "deadline exceeded" if expired else "cancelled by the client"
             raise
