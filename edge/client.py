@@ -1,7 +1,8 @@
 """The edge's gRPC client: send one serialized bitstream, get the task result back.
 
 Bitstreams up to ``chunk_bytes`` go unary (``Infer``); larger ones as a stream
-of chunks (``InferChunked``). Only UNAVAILABLE is retried, with exponential
+of chunks (``InferChunked``). Only UNAVAILABLE and server-side stream resets (CANCELLED) are
+retried (inference is idempotent), with exponential
 backoff and jitter, inside one deadline for all attempts together.
 """
 
@@ -22,6 +23,9 @@ from splitfc.v1 import service_pb2_grpc as svc_grpc
 
 GRPC_FRAME_HEADER = 5
 """Bytes gRPC adds in front of every message on the wire (flag + length)."""
+
+# Inference is idempotent: these are retried with backoff within the deadline.
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
 
 
 @dataclass
@@ -114,7 +118,7 @@ class EdgeClient:
         return await self.stub.InferChunked(stream(), timeout=timeout, metadata=self.metadata)
 
     async def infer(self, request_id: str, data: bytes, deadline_s: float | None = None) -> CallResult:
-        """Send one serialized bitstream; retry UNAVAILABLE within the deadline."""
+        """Send one serialized bitstream; retry UNAVAILABLE (and stream resets) within the deadline."""
         s = self.settings
         deadline_s = s.deadline_s if deadline_s is None else deadline_s
         t0 = time.perf_counter()
@@ -140,7 +144,9 @@ class EdgeClient:
             except grpc.aio.AioRpcError as exc:
                 now = time.perf_counter()
                 code, details = exc.code(), exc.details() or ""
-                retry = code == grpc.StatusCode.UNAVAILABLE and attempt <= s.retries
+                # CANCELLED is never asked for by the edge (its own deadline gives DEADLINE_EXCEEDED): it is a
+                # stream reset on the way, e.g. nginx resetting the call when its replica dies. Both retry.
+                retry = code in RETRYABLE and attempt <= s.retries
                 sleep = min(backoff, s.backoff_max_s) * random.uniform(0.5, 1.0)
                 if not retry or now + sleep >= end:
                     return CallResult(None, code, details, attempt, now - ta, now - t0, wire, chunked)

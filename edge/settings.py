@@ -21,7 +21,7 @@ class EdgeSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SPLITFC_EDGE_", extra="ignore")
 
     retries: int = 4
-    """Extra attempts after UNAVAILABLE (no other status is retried)."""
+    """Extra attempts after UNAVAILABLE or a stream reset (CANCELLED); no other status is retried."""
     backoff_initial_s: float = 0.2
     backoff_max_s: float = 5.0
     backoff_multiplier: float = 2.0
