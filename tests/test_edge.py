@@ -277,3 +277,34 @@ def test_keepalive_and_message_limits_agree_with_the_cloud() -> None:
     options = dict(edge.grpc_options())
     assert options["grpc.max_send_message_length"] == options["grpc.max_receive_message_length"] == 16 << 20
     assert dict(cloud.grpc_options())["grpc.max_receive_message_length"] == 16 << 20
+
+
+@pytest.mark.parametrize(("code", "attempts"), [
+    (grpc.StatusCode.UNAVAILABLE, 2), (grpc.StatusCode.CANCELLED, 2), (grpc.StatusCode.INVALID_ARGUMENT, 1),
+])
+def test_retries_unavailable_and_stream_resets_only(code: grpc.StatusCode, attempts: int) -> None:
+    """A replica dying behind nginx surfaces as UNAVAILABLE or CANCELLED: both retried, nothing else."""
+    from splitfc.edge.settings import EdgeSettings
+    from splitfc.v1 import service_pb2 as svc
+
+    async def scenario() -> tuple[grpc.StatusCode, int]:
+        client = EdgeClient("127.0.0.1:9", EdgeSettings(backoff_initial_s=0.01), warn=False)
+        calls = 0
+
+        async def attempt(request_id: str, data: bytes, timeout: float) -> svc.InferResponse:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), "first call fails")
+            return svc.InferResponse(request_id=request_id)
+
+        client._attempt = attempt  # type: ignore[method-assign]
+        try:
+            result = await client.infer("r1", b"x", deadline_s=5)
+        finally:
+            await client.close()
+        return result.code, calls
+
+    final, calls = asyncio.run(scenario())
+    assert calls == attempts
+    assert final == (grpc.StatusCode.OK if attempts == 2 else code)
