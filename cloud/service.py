@@ -28,6 +28,7 @@ from typing import Any
 import grpc
 
 from splitfc import __version__
+from splitfc.cloud.errors import RequestFailed
 from splitfc.cloud.metrics import CloudMetrics, codec_label, split_label
 from splitfc.cloud.settings import CloudSettings
 from splitfc.common.bitstream import (
@@ -37,7 +38,7 @@ from splitfc.common.bitstream import (
     parse_bitstream,
 )
 from splitfc.common.codecs import CODECS
-from splitfc.common.errors import CodecUnavailableError, ShapeError, SplitfcError, UnknownNameError
+from splitfc.common.errors import ShapeError, SplitfcError
 from splitfc.common.models.base import SplitModel
 from splitfc.common.specs import SPLITS
 from splitfc.common.wire import task_result_to_proto
@@ -49,21 +50,6 @@ ModelLoader = Callable[[str, str], SplitModel]
 
 # A cancellation this close to the deadline is counted as DEADLINE_EXCEEDED (see run_one).
 DEADLINE_SLACK_S = 0.5
-
-
-class RequestFailed(Exception):
-    """A request that ends with a non-OK gRPC status."""
-
-    def __init__(
-        self, code: grpc.StatusCode, message: str, reason: str | None = None, limit: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.reason = reason
-        """Decode-error reason for the metrics (None: not a bitstream problem)."""
-        self.limit = limit if limit is not None else ("elements" if reason == "too_many_elements" else None)
-        """Which limit refused the request (``splitfc_cloud_limit_rejections_total``), if one did."""
 
 
 @dataclass
@@ -86,28 +72,6 @@ def default_model_loader(split_id: str, preset: str) -> SplitModel:
     from splitfc.common.models import get_split_model
 
     return get_split_model(split_id, preset=preset)
-
-
-def _classify(exc: SplitfcError) -> tuple[grpc.StatusCode, str]:
-    """gRPC status and metric reason of a bitstream-side error."""
-    if isinstance(exc, CodecUnavailableError):
-        return grpc.StatusCode.FAILED_PRECONDITION, "codec_unavailable"
-    if isinstance(exc, ShapeError):
-        return grpc.StatusCode.INVALID_ARGUMENT, "shape"
-    if isinstance(exc, UnknownNameError):
-        return grpc.StatusCode.INVALID_ARGUMENT, "unknown_name"
-    text = str(exc)
-    if "CRC" in text:
-        return grpc.StatusCode.INVALID_ARGUMENT, "crc"
-    if "unknown codec" in text:
-        return grpc.StatusCode.INVALID_ARGUMENT, "unknown_codec"
-    if "over the limit" in text:
-        return grpc.StatusCode.INVALID_ARGUMENT, "too_many_elements"
-    if "protobuf parse failed" in text:
-        return grpc.StatusCode.INVALID_ARGUMENT, "parse"
-    if "version" in text:
-        return grpc.StatusCode.INVALID_ARGUMENT, "version"
-    return grpc.StatusCode.INVALID_ARGUMENT, "decode"
 
 
 class SplitInferenceService:
@@ -236,8 +200,7 @@ class SplitInferenceService:
         except RequestFailed:
             raise
         except SplitfcError as exc:
-            code, reason = _classify(exc)
-            raise RequestFailed(code, str(exc), reason) from None
+            raise RequestFailed.from_error(exc) from None
         t1 = time.perf_counter()
         limit = self.settings.max_decode_seconds
         if limit > 0 and t1 - t0 > limit:

@@ -8,6 +8,7 @@ is reported separately (``header_bytes``).
 
 from __future__ import annotations
 
+import math
 import zlib
 from dataclasses import asdict, dataclass
 from math import prod
@@ -16,12 +17,24 @@ from pathlib import Path
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from splitfc.common.codecs import CODECS, Codec, FrameInfo, get_codec
-from splitfc.common.errors import BitstreamError, SplitfcError
+from splitfc.common.codecs import CODECS, Codec, Encoded, FrameInfo, get_codec
+from splitfc.common.errors import (
+    BitstreamError,
+    BitstreamParseError,
+    ChecksumError,
+    FormatVersionError,
+    HeaderError,
+    NonFiniteError,
+    SplitfcError,
+    TooManyElementsError,
+    UnknownCodecError,
+)
+from splitfc.common.preprocess import packed_shape
 from splitfc.common.specs import Packing, SplitSpec, get_split
 from splitfc.v1 import bitstream_pb2 as pb
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""Version 2 added the required ``decoded_digest`` (integrity check of the decoded content)."""
 SFC_MAGIC = b"SPLITFC\x01"
 
 _DTYPES: dict[str, int] = {
@@ -104,7 +117,7 @@ def encode_features(
     dtype_id = _dtype_id(features)
     spec.check_shape(features.shape)
     if not np.all(np.isfinite(features)):
-        raise SplitfcError("features contain NaN or infinite values")
+        raise NonFiniteError("features contain NaN or infinite values")
     codec_obj.require_available()
     encoded = codec_obj.encode(features, spec, rate)
     msg = pb.FeatureBitstream(
@@ -114,6 +127,7 @@ def encode_features(
         tensors=[pb.TensorInfo(name=name, shape=list(features.shape), dtype=dtype_id)],
         payload=encoded.payload,
         payload_crc32=zlib.crc32(encoded.payload),
+        decoded_digest=encoded.digest,
     )
     if encoded.frame is not None:
         f = encoded.frame
@@ -135,12 +149,12 @@ def validate_bitstream(msg: pb.FeatureBitstream, max_elements: int | None = None
     Raises `BitstreamError` (or another `SplitfcError`) naming the first problem.
     """
     if msg.format_version != FORMAT_VERSION:
-        raise BitstreamError(
+        raise FormatVersionError(
             f"unsupported bitstream format version {msg.format_version} (this reader knows {FORMAT_VERSION})"
         )
     spec = get_split(msg.split)
     if msg.codec.codec not in CODECS:
-        raise BitstreamError(f"unknown codec {msg.codec.codec!r}; valid codecs: {', '.join(CODECS)}")
+        raise UnknownCodecError(f"unknown codec {msg.codec.codec[:64]!r}; valid codecs: {', '.join(CODECS)}")
     if len(msg.tensors) != 1:
         raise BitstreamError(f"bitstream must carry exactly one tensor, found {len(msg.tensors)}")
     tensor = msg.tensors[0]
@@ -149,30 +163,35 @@ def validate_bitstream(msg: pb.FeatureBitstream, max_elements: int | None = None
     shape = tuple(int(s) for s in tensor.shape)
     spec.check_shape(shape)
     if max_elements is not None and prod(shape) > max_elements:
-        raise BitstreamError(
+        raise TooManyElementsError(
             f"declared shape {shape} has {prod(shape)} elements, over the limit of {max_elements}"
         )
     if zlib.crc32(msg.payload) != msg.payload_crc32:
-        raise BitstreamError("payload CRC32 mismatch: the bitstream is corrupt")
+        raise ChecksumError("payload CRC32 mismatch: the bitstream is corrupt")
     codec_cls = CODECS[msg.codec.codec]
     if codec_cls.truncation is not None:
         if not msg.HasField("preprocessing"):
-            raise BitstreamError(f"codec {codec_cls.name} bitstream lacks pre-processing parameters")
+            raise HeaderError(f"codec {codec_cls.name} bitstream lacks pre-processing parameters")
         pre = msg.preprocessing
         if pre.packing != spec.packing.value:
-            raise BitstreamError(f"packing {pre.packing!r} does not match split {spec.id} ({spec.packing.value})")
-        from splitfc.common.preprocess import packed_shape
-
+            raise HeaderError(
+                f"packing {pre.packing[:32]!r} does not match split {spec.id} ({spec.packing.value})"
+            )
         if (pre.frame_height, pre.frame_width) != packed_shape(shape, spec.packing):
-            raise BitstreamError(
+            raise HeaderError(
                 f"frame {pre.frame_height}x{pre.frame_width} does not match shape {shape} packed "
                 f"({'x'.join(map(str, packed_shape(shape, spec.packing)))})"
             )
         groups = 1 if spec.group_axis is None else shape[spec.group_axis]
-        if len(pre.ranges) not in (1, groups) or any(not r.high > r.low for r in pre.ranges):
-            raise BitstreamError("invalid truncation ranges in the header")
+        if len(pre.ranges) not in (1, groups):
+            raise HeaderError(f"header has {len(pre.ranges)} truncation ranges, split {spec.id} takes 1 or {groups}")
+        for r in pre.ranges:
+            if not (math.isfinite(r.low) and math.isfinite(r.high) and r.high > r.low):
+                raise HeaderError(
+                    f"invalid truncation range [{r.low:g}, {r.high:g}] in the header: must be finite with high > low"
+                )
         if not 1 <= pre.bit_depth <= 16:
-            raise BitstreamError(f"invalid bit depth {pre.bit_depth}")
+            raise HeaderError(f"invalid bit depth {pre.bit_depth}")
     return spec
 
 
@@ -189,21 +208,22 @@ def decode_features(msg: pb.FeatureBitstream, max_elements: int | None = None) -
         try:
             packing = Packing(pre.packing)
         except ValueError:
-            raise BitstreamError(f"unknown packing {pre.packing!r} in the pre-processing header") from None
+            raise HeaderError(f"unknown packing {pre.packing[:32]!r} in the pre-processing header") from None
         frame = FrameInfo(
             tuple((r.low, r.high) for r in pre.ranges), pre.bit_depth, packing,
             pre.frame_height, pre.frame_width,
         )
+    coded = Encoded(msg.payload, frame, dict(msg.codec.extra), msg.decoded_digest)
     try:
-        out = codec.decode(
-            msg.payload, spec, shape, _NUMPY_DTYPE[tensor.dtype], frame, msg.codec.rate, dict(msg.codec.extra)
-        )
+        out = codec.decode(coded, spec, shape, _NUMPY_DTYPE[tensor.dtype], msg.codec.rate)
     except SplitfcError:
         raise
     except Exception as exc:  # a codec's internal failure on hostile input is a bitstream problem
-        raise BitstreamError(f"codec {codec.name} could not decode the payload: {exc}") from exc
+        raise BitstreamError(f"codec {codec.name} could not decode the payload: {str(exc)[:200]}") from None
     if out.shape != shape:
         raise BitstreamError(f"codec {codec.name} decoded shape {out.shape}, header says {shape}")
+    if not np.all(np.isfinite(out)):
+        raise NonFiniteError(f"codec {codec.name} decoded features that contain NaN or infinite values")
     return out
 
 
@@ -213,7 +233,7 @@ def parse_bitstream(data: bytes) -> pb.FeatureBitstream:
     try:
         msg.ParseFromString(data)
     except (DecodeError, ValueError) as exc:
-        raise BitstreamError(f"not a splitfc bitstream (protobuf parse failed: {exc})") from None
+        raise BitstreamParseError(f"not a splitfc bitstream (protobuf parse failed: {exc})") from None
     return msg
 
 
@@ -231,7 +251,7 @@ def read_sfc(path: Path) -> pb.FeatureBitstream:
     except OSError as exc:
         raise SplitfcError(f"cannot read {path}: {exc.strerror}") from None
     if not data.startswith(SFC_MAGIC):
-        raise BitstreamError(f"{path} is not a splitfc .sfc file (bad magic)")
+        raise BitstreamParseError(f"{path} is not a splitfc .sfc file (bad magic)")
     msg = parse_bitstream(data[len(SFC_MAGIC):])
     if not msg.tensors or not msg.split:
         raise BitstreamError(f"{path} is truncated or empty (no header)")

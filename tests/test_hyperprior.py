@@ -193,13 +193,14 @@ def test_bitstream_from_another_checkpoint_is_refused(tmp_path: Path) -> None:
     _copy_checkpoint("dinov2-cls", 2, tmp_path, "dinov2-cls", 3)  # a different q3 here
     spec = get_split("dinov2-cls")
     codec = HyperpriorCodec(directory=tmp_path)
-    from splitfc.common.codecs.base import FrameInfo
+    from splitfc.common.codecs.base import Encoded, FrameInfo
 
     pre = msg.preprocessing
     frame = FrameInfo(tuple((r.low, r.high) for r in pre.ranges), pre.bit_depth, spec.packing,
                       pre.frame_height, pre.frame_width)
     with pytest.raises(BitstreamError, match="coded with hyperprior checkpoint"):
-        codec.decode(msg.payload, spec, x.shape, np.dtype(np.float32), frame, 3, dict(msg.codec.extra))
+        codec.decode(Encoded(msg.payload, frame, dict(msg.codec.extra), msg.decoded_digest), spec, x.shape,
+                     np.dtype(np.float32), 3)
     # the same payload claimed to be quality 2 of the shipped set is refused too
     msg.codec.rate = 2
     with pytest.raises(BitstreamError, match="coded with hyperprior checkpoint"):

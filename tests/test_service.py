@@ -16,7 +16,7 @@ from _serving import ALL_SPLITS, BlockingModel, ServerThread, cloud_settings, ra
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from splitfc.common.bitstream import encode_features, parse_bitstream
+from splitfc.common.bitstream import FORMAT_VERSION, encode_features, parse_bitstream
 from splitfc.common.models import get_split_model
 from splitfc.common.specs import SPLITS
 from splitfc.common.wire import task_result_from_proto, top_k
@@ -211,7 +211,7 @@ BAD_INPUTS = {
     # name: (bitstream, status, message fragment, decode-error reason)
     "random_bytes": (lambda: np.random.default_rng(3).integers(0, 256, 4096, dtype=np.uint8).tobytes(),
                      "INVALID_ARGUMENT", "", None),
-    "random_payload": (_random_payload, "INVALID_ARGUMENT", "could not decode", "decode"),
+    "random_payload": (_random_payload, "INVALID_ARGUMENT", "raw payload has 1000 bytes", "decode"),
     "crc_mismatch": (_crc_mismatch, "INVALID_ARGUMENT", "CRC32 mismatch", "crc"),
     "shape_off_by_one": (_shape_off_by_one, "INVALID_ARGUMENT", "does not fit split dinov2-cls", "shape"),
     "wrong_rank": (_wrong_rank, "INVALID_ARGUMENT", "expects a 2-d tensor", "shape"),
@@ -422,7 +422,7 @@ def test_health_reflection_and_info(cloud: ServerThread) -> None:
     assert csr.feature_shape[0] == 0  # variable token count
     assert {c.name for c in info.codecs} >= {"raw"}
     assert info.limits.max_message_bytes == cloud.server.settings.max_message_bytes
-    assert info.bitstream_format_version == 1
+    assert info.bitstream_format_version == FORMAT_VERSION == 2
 
 
 def test_http_endpoints(cloud: ServerThread) -> None:
@@ -432,7 +432,7 @@ def test_http_endpoints(cloud: ServerThread) -> None:
     assert ready.status_code == 200 and ready.json()["loaded"] == sorted(ALL_SPLITS)
     info = httpx.get(f"{url}/v1/info").json()
     assert [s["split"] for s in info["splits"]] == list(ALL_SPLITS)
-    assert info["limits"]["max_concurrency"] == 2 and info["bitstream_format_version"] == 1
+    assert info["limits"]["max_concurrency"] == 2 and info["bitstream_format_version"] == FORMAT_VERSION == 2
     data, _ = raw_bitstream("dinov2-cls")
     stub_for(cloud).Infer(svc.InferRequest(bitstream=data))
     text = httpx.get(f"{url}/metrics").text

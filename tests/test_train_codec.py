@@ -52,7 +52,7 @@ def test_a_few_steps_write_a_loadable_safe_checkpoint(features: Path, tmp_path: 
     x = synthetic_features(get_split(SPLIT), np.random.default_rng(1))
     codec = HyperpriorCodec(directory=tmp_path)
     enc = codec.encode(x, get_split(SPLIT), 3)
-    y = codec.decode(enc.payload, get_split(SPLIT), x.shape, np.dtype(np.float32), enc.frame, 3, enc.extra)
+    y = codec.decode(enc, get_split(SPLIT), x.shape, np.dtype(np.float32), 3)
     assert y.shape == x.shape
 
 

@@ -14,7 +14,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from splitfc.common.errors import CodecUnavailableError
+from splitfc.common.errors import BitstreamError, CodecUnavailableError
+from splitfc.common.integrity import content_digest, verify_digest
 from splitfc.common.preprocess import DEFAULT_BIT_DEPTH, FramePlan
 from splitfc.common.specs import Packing, Range, SplitSpec, TruncationColumn
 
@@ -32,11 +33,16 @@ class FrameInfo:
 
 @dataclass
 class Encoded:
-    """What a codec's ``encode`` returns: the payload and what decode needs back."""
+    """A coded tensor: what ``encode`` returns and ``decode`` takes back (all of it travels in the bitstream).
+
+    ``digest`` is the `content_digest` of what the decoder must reconstruct (see
+    `splitfc.common.integrity`); decoders verify it and raise `IntegrityError`.
+    """
 
     payload: bytes
     frame: FrameInfo | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    digest: bytes = b""
 
 
 class Codec(ABC):
@@ -70,14 +76,16 @@ class Codec(ABC):
 
     @abstractmethod
     def encode(self, features: np.ndarray, spec: SplitSpec, rate: int) -> Encoded:
-        """Code one feature tensor of ``spec`` at ``rate``."""
+        """Code one feature tensor of ``spec`` at ``rate``; the result carries the reconstruction's digest."""
 
     @abstractmethod
     def decode(
-        self, payload: bytes, spec: SplitSpec, shape: tuple[int, ...], dtype: np.dtype,
-        frame: FrameInfo | None, rate: int, extra: dict[str, str],
+        self, coded: Encoded, spec: SplitSpec, shape: tuple[int, ...], dtype: np.dtype, rate: int,
     ) -> np.ndarray:
-        """Reconstruct the tensor of ``shape`` and ``dtype`` from ``payload``."""
+        """Reconstruct the tensor of ``shape`` and ``dtype`` from ``coded``.
+
+        Raises `IntegrityError` when the reconstruction's digest is not ``coded.digest``.
+        """
 
 
 class FrameCodec(Codec):
@@ -99,6 +107,16 @@ class FrameCodec(Codec):
         assert self.truncation is not None
         return FramePlan(spec, tuple(shape), spec.ranges(self.truncation), self.bit_depth)
 
+    def reconstruct_frame(
+        self, payload: bytes, height: int, width: int, rate: int, extra: dict[str, str]
+    ) -> np.ndarray:
+        """The frame a decoder reconstructs from ``payload``, as the encoder computes it for the digest.
+
+        By default the encoder decodes its own payload (one more decoder run per encode);
+        codecs whose encoder yields the reconstruction override this.
+        """
+        return self.decode_frame(payload, height, width, rate, extra)
+
     def encode(self, features: np.ndarray, spec: SplitSpec, rate: int) -> Encoded:
         self.check_rate(rate)
         plan = self.plan(spec, features.shape)
@@ -106,19 +124,27 @@ class FrameCodec(Codec):
         payload, extra = self.encode_frame(frame, rate)
         h, w = frame.shape
         info = FrameInfo(plan.ranges, plan.bit_depth, spec.packing, h, w)
-        return Encoded(payload, info, extra)
+        recon = self.reconstruct_frame(payload, h, w, rate, extra)
+        return Encoded(payload, info, extra, content_digest(recon))
 
-    def decode(
-        self, payload: bytes, spec: SplitSpec, shape: tuple[int, ...], dtype: np.dtype,
-        frame: FrameInfo | None, rate: int, extra: dict[str, str],
-    ) -> np.ndarray:
+    def decode_checked_frame(self, coded: Encoded, rate: int) -> np.ndarray:
+        """``decode_frame`` of ``coded`` with its size and integrity digest checked (uint16, H x W)."""
+        frame = coded.frame
         if frame is None:
-            raise ValueError(f"codec {self.name} needs pre-processing parameters in the header")
-        plan = FramePlan(spec, tuple(shape), frame.ranges, frame.bit_depth)
-        decoded = self.decode_frame(payload, frame.frame_height, frame.frame_width, rate, extra)
+            raise BitstreamError(f"codec {self.name} needs pre-processing parameters in the header")
+        decoded = self.decode_frame(coded.payload, frame.frame_height, frame.frame_width, rate, coded.extra)
         if decoded.shape != (frame.frame_height, frame.frame_width):
-            raise ValueError(
+            raise BitstreamError(
                 f"codec {self.name} decoded a {decoded.shape} frame, "
                 f"expected {(frame.frame_height, frame.frame_width)}"
             )
+        verify_digest(decoded, coded.digest, f"codec {self.name}")
+        return decoded
+
+    def decode(
+        self, coded: Encoded, spec: SplitSpec, shape: tuple[int, ...], dtype: np.dtype, rate: int,
+    ) -> np.ndarray:
+        decoded = self.decode_checked_frame(coded, rate)
+        assert coded.frame is not None
+        plan = FramePlan(spec, tuple(shape), coded.frame.ranges, coded.frame.bit_depth)
         return plan.from_frame(decoded).astype(dtype, copy=False)

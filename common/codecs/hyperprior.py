@@ -24,6 +24,7 @@ import numpy as np
 from splitfc.common.codecs import register_codec
 from splitfc.common.codecs.base import Encoded, FrameCodec, FrameInfo
 from splitfc.common.errors import BitstreamError, SplitfcError
+from splitfc.common.integrity import content_digest, verify_digest
 from splitfc.common.specs import SplitSpec, TruncationColumn, get_split
 
 if TYPE_CHECKING:
@@ -87,12 +88,14 @@ class HyperpriorCodec(FrameCodec):
         payload = encode_with(model, cfg, frame, plan.bit_depth)
         h, w = frame.shape
         info = FrameInfo(plan.ranges, plan.bit_depth, spec.packing, h, w)
-        return Encoded(payload, info, {"checkpoint": cfg.checkpoint_id, "checkpoint_split": cfg.split})
+        extra = {"checkpoint": cfg.checkpoint_id, "checkpoint_split": cfg.split}
+        recon = self.reconstruct_frame(payload, h, w, rate, extra)
+        return Encoded(payload, info, extra, content_digest(recon))
 
     def decode(
-        self, payload: bytes, spec: SplitSpec, shape: tuple[int, ...], dtype: np.dtype,
-        frame: FrameInfo | None, rate: int, extra: dict[str, str],
+        self, coded: Encoded, spec: SplitSpec, shape: tuple[int, ...], dtype: np.dtype, rate: int,
     ) -> np.ndarray:
+        frame, extra = coded.frame, coded.extra
         if frame is None:
             raise BitstreamError("hyperprior bitstream lacks pre-processing parameters")
         self.check_rate(rate)
@@ -115,7 +118,8 @@ class HyperpriorCodec(FrameCodec):
         from splitfc.common.preprocess import FramePlan
 
         plan = FramePlan(spec, tuple(shape), frame.ranges, frame.bit_depth)
-        decoded = decode_with(model, payload, frame.frame_height, frame.frame_width, frame.bit_depth)
+        decoded = decode_with(model, coded.payload, frame.frame_height, frame.frame_width, frame.bit_depth)
+        verify_digest(decoded, coded.digest, f"codec {self.name}")
         return plan.from_frame(decoded).astype(dtype, copy=False)
 
     def encode_frame(self, frame: np.ndarray, rate: int) -> tuple[bytes, dict[str, str]]:

@@ -1,7 +1,9 @@
 """``raw``: the uncompressed reference (32 BPFP for float32), optionally zstd.
 
 Lossless when the stored dtype is the input dtype. ``store_dtype`` float16 or
-bfloat16 halves the rate at a (small) loss.
+bfloat16 halves the rate at a (small) loss; values the stored dtype cannot hold
+(beyond +-65504 for float16) are refused with a `NonFiniteError`, never turned
+into infinities. The integrity digest covers the stored (uncompressed) bytes.
 """
 
 from __future__ import annotations
@@ -11,10 +13,29 @@ from typing import ClassVar
 import numpy as np
 
 from splitfc.common.codecs import register_codec
-from splitfc.common.codecs.base import Codec, Encoded, FrameInfo
+from splitfc.common.codecs.base import Codec, Encoded
+from splitfc.common.errors import BitstreamError, NonFiniteError
+from splitfc.common.integrity import content_digest, verify_digest
 from splitfc.common.specs import SplitSpec
 
 STORE_DTYPES = ("float32", "float16", "bfloat16")
+# Largest finite magnitude of each stored dtype (bfloat16: (2 - 2**-7) * 2**127).
+STORE_MAX = {"float32": float(np.finfo(np.float32).max), "float16": 65504.0, "bfloat16": 3.3895313892515355e38}
+
+
+def check_storable(x: np.ndarray, store_dtype: str) -> None:
+    """Raise `NonFiniteError` if ``x`` holds values ``store_dtype`` cannot hold (they would become inf)."""
+    if x.size == 0:
+        return
+    largest = float(np.max(np.abs(x)))
+    if not np.isfinite(largest):
+        raise NonFiniteError("features contain NaN or infinite values")
+    # float16 rounds to inf from 65520 on; anything beyond the largest finite value is refused.
+    if largest > STORE_MAX[store_dtype]:
+        raise NonFiniteError(
+            f"raw {store_dtype} cannot hold the largest feature magnitude {largest:.6g} "
+            f"(max {STORE_MAX[store_dtype]:.6g}); store float32 instead"
+        )
 
 
 def _to_store(x: np.ndarray, store_dtype: str) -> bytes:
@@ -53,22 +74,24 @@ class RawCodec(Codec):
 
     def encode(self, features: np.ndarray, spec: SplitSpec, rate: int) -> Encoded:
         store = self.store_dtype or (features.dtype.name if features.dtype.name in STORE_DTYPES else "float32")
+        check_storable(features, store)
         data = _to_store(features, store)
+        digest = content_digest(data)
         extra = {"store_dtype": store}
         if self.zstd_level > 0:
             import zstandard
 
             data = zstandard.ZstdCompressor(level=self.zstd_level).compress(data)
             extra["compression"] = "zstd"
-        return Encoded(data, None, extra)
+        return Encoded(data, None, extra, digest)
 
     def decode(
-        self, payload: bytes, spec: SplitSpec, shape: tuple[int, ...], dtype: np.dtype,
-        frame: FrameInfo | None, rate: int, extra: dict[str, str],
+        self, coded: Encoded, spec: SplitSpec, shape: tuple[int, ...], dtype: np.dtype, rate: int,
     ) -> np.ndarray:
+        payload, extra = coded.payload, coded.extra
         store = extra.get("store_dtype", "float32")
         if store not in STORE_DTYPES:
-            raise ValueError(f"raw payload has unknown store dtype {store!r}")
+            raise BitstreamError(f"raw payload has unknown store dtype {store[:32]!r}")
         expected = int(np.prod(shape)) * (4 if store == "float32" else 2)
         compression = extra.get("compression", "none")
         if compression == "zstd":
@@ -77,9 +100,10 @@ class RawCodec(Codec):
             try:
                 payload = zstandard.ZstdDecompressor().decompress(payload, max_output_size=expected)
             except zstandard.ZstdError as exc:
-                raise ValueError(f"raw zstd payload is corrupt: {exc}") from None
+                raise BitstreamError(f"raw zstd payload is corrupt: {exc}") from None
         elif compression != "none":
-            raise ValueError(f"raw payload has unknown compression {compression!r}")
+            raise BitstreamError(f"raw payload has unknown compression {compression[:32]!r}")
         if len(payload) != expected:
-            raise ValueError(f"raw payload has {len(payload)} bytes, shape {shape} of {store} needs {expected}")
+            raise BitstreamError(f"raw payload has {len(payload)} bytes, shape {shape} of {store} needs {expected}")
+        verify_digest(payload, coded.digest, "codec raw")
         return _from_store(payload, store, shape).astype(dtype)

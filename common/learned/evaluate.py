@@ -27,7 +27,7 @@ def code_file(codec: Any, x: np.ndarray, split: str, quality: int) -> tuple[np.n
     t0 = time.perf_counter()
     enc = codec.encode(x, spec, quality)
     t1 = time.perf_counter()
-    rec = codec.decode(enc.payload, spec, tuple(x.shape), np.dtype(np.float32), enc.frame, quality, enc.extra)
+    rec = codec.decode(enc, spec, tuple(x.shape), np.dtype(np.float32), quality)
     t2 = time.perf_counter()
     return rec, len(enc.payload) * 8, t1 - t0, t2 - t1
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1asplitfc/v1/bitstream.proto\x12\nsplitfc.v1\"K\n\nTensorInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x04\x12 \n\x05\x64type\x18\x03 \x01(\x0e\x32\x11.splitfc.v1.DType\"\"\n\x05Range\x12\x0b\n\x03low\x18\x01 \x01(\x02\x12\x0c\n\x04high\x18\x02 \x01(\x02\"\x81\x01\n\rPreprocessing\x12!\n\x06ranges\x18\x01 \x03(\x0b\x32\x11.splitfc.v1.Range\x12\x11\n\tbit_depth\x18\x02 \x01(\r\x12\x0f\n\x07packing\x18\x03 \x01(\t\x12\x14\n\x0c\x66rame_height\x18\x04 \x01(\r\x12\x13\n\x0b\x66rame_width\x18\x05 \x01(\r\"\x8b\x01\n\x0b\x43odecParams\x12\r\n\x05\x63odec\x18\x01 \x01(\t\x12\x0c\n\x04rate\x18\x02 \x01(\x05\x12\x31\n\x05\x65xtra\x18\x03 \x03(\x0b\x32\".splitfc.v1.CodecParams.ExtraEntry\x1a,\n\nExtraEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xe4\x01\n\x10\x46\x65\x61tureBitstream\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\r\n\x05split\x18\x02 \x01(\t\x12&\n\x05\x63odec\x18\x03 \x01(\x0b\x32\x17.splitfc.v1.CodecParams\x12\'\n\x07tensors\x18\x04 \x03(\x0b\x32\x16.splitfc.v1.TensorInfo\x12\x30\n\rpreprocessing\x18\x05 \x01(\x0b\x32\x19.splitfc.v1.Preprocessing\x12\x0f\n\x07payload\x18\x06 \x01(\x0c\x12\x15\n\rpayload_crc32\x18\x07 \x01(\x07*X\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT16\x10\x02\x12\x12\n\x0e\x44TYPE_BFLOAT16\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1asplitfc/v1/bitstream.proto\x12\nsplitfc.v1\"K\n\nTensorInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x04\x12 \n\x05\x64type\x18\x03 \x01(\x0e\x32\x11.splitfc.v1.DType\"\"\n\x05Range\x12\x0b\n\x03low\x18\x01 \x01(\x02\x12\x0c\n\x04high\x18\x02 \x01(\x02\"\x81\x01\n\rPreprocessing\x12!\n\x06ranges\x18\x01 \x03(\x0b\x32\x11.splitfc.v1.Range\x12\x11\n\tbit_depth\x18\x02 \x01(\r\x12\x0f\n\x07packing\x18\x03 \x01(\t\x12\x14\n\x0c\x66rame_height\x18\x04 \x01(\r\x12\x13\n\x0b\x66rame_width\x18\x05 \x01(\r\"\x8b\x01\n\x0b\x43odecParams\x12\r\n\x05\x63odec\x18\x01 \x01(\t\x12\x0c\n\x04rate\x18\x02 \x01(\x05\x12\x31\n\x05\x65xtra\x18\x03 \x03(\x0b\x32\".splitfc.v1.CodecParams.ExtraEntry\x1a,\n\nExtraEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xfc\x01\n\x10\x46\x65\x61tureBitstream\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\r\n\x05split\x18\x02 \x01(\t\x12&\n\x05\x63odec\x18\x03 \x01(\x0b\x32\x17.splitfc.v1.CodecParams\x12\'\n\x07tensors\x18\x04 \x03(\x0b\x32\x16.splitfc.v1.TensorInfo\x12\x30\n\rpreprocessing\x18\x05 \x01(\x0b\x32\x19.splitfc.v1.Preprocessing\x12\x0f\n\x07payload\x18\x06 \x01(\x0c\x12\x15\n\rpayload_crc32\x18\x07 \x01(\x07\x12\x16\n\x0e\x64\x65\x63oded_digest\x18\x08 \x01(\x0c*X\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT16\x10\x02\x12\x12\n\x0e\x44TYPE_BFLOAT16\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CODECPARAMS_EXTRAENTRY']._loaded_options = None
   _globals['_CODECPARAMS_EXTRAENTRY']._serialized_options = b'8\001'
-  _globals['_DTYPE']._serialized_start=660
-  _globals['_DTYPE']._serialized_end=748
+  _globals['_DTYPE']._serialized_start=684
+  _globals['_DTYPE']._serialized_end=772
   _globals['_TENSORINFO']._serialized_start=42
   _globals['_TENSORINFO']._serialized_end=117
   _globals['_RANGE']._serialized_start=119
@@ -46,5 +46,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CODECPARAMS_EXTRAENTRY']._serialized_start=383
   _globals['_CODECPARAMS_EXTRAENTRY']._serialized_end=427
   _globals['_FEATUREBITSTREAM']._serialized_start=430
-  _globals['_FEATUREBITSTREAM']._serialized_end=658
+  _globals['_FEATUREBITSTREAM']._serialized_end=682
 # @@protoc_insertion_point(module_scope)

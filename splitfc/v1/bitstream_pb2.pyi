@@ -68,7 +68,7 @@ class CodecParams(_message.Message):
     def __init__(self, codec: _Optional[str] = ..., rate: _Optional[int] = ..., extra: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class FeatureBitstream(_message.Message):
-    __slots__ = ("format_version", "split", "codec", "tensors", "preprocessing", "payload", "payload_crc32")
+    __slots__ = ("format_version", "split", "codec", "tensors", "preprocessing", "payload", "payload_crc32", "decoded_digest")
     FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
     SPLIT_FIELD_NUMBER: _ClassVar[int]
     CODEC_FIELD_NUMBER: _ClassVar[int]
@@ -76,6 +76,7 @@ class FeatureBitstream(_message.Message):
     PREPROCESSING_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_CRC32_FIELD_NUMBER: _ClassVar[int]
+    DECODED_DIGEST_FIELD_NUMBER: _ClassVar[int]
     format_version: int
     split: str
     codec: CodecParams
@@ -83,4 +84,5 @@ class FeatureBitstream(_message.Message):
     preprocessing: Preprocessing
     payload: bytes
     payload_crc32: int
-    def __init__(self, format_version: _Optional[int] = ..., split: _Optional[str] = ..., codec: _Optional[_Union[CodecParams, _Mapping]] = ..., tensors: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., preprocessing: _Optional[_Union[Preprocessing, _Mapping]] = ..., payload: _Optional[bytes] = ..., payload_crc32: _Optional[int] = ...) -> None: ...
+    decoded_digest: bytes
+    def __init__(self, format_version: _Optional[int] = ..., split: _Optional[str] = ..., codec: _Optional[_Union[CodecParams, _Mapping]] = ..., tensors: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., preprocessing: _Optional[_Union[Preprocessing, _Mapping]] = ..., payload: _Optional[bytes] = ..., payload_crc32: _Optional[int] = ..., decoded_digest: _Optional[bytes] = ...) -> None: ...
