@@ -17,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from splitfc.common.bitstream import FORMAT_VERSION, encode_features, parse_bitstream
+from splitfc.common.integrity import content_digest
 from splitfc.common.models import get_split_model
 from splitfc.common.specs import SPLITS
 from splitfc.common.wire import task_result_from_proto, top_k
@@ -207,6 +208,30 @@ def _future_version() -> bytes:
     return m.SerializeToString()
 
 
+def _nan_features(split: str = "dinov2-cls") -> bytes:
+    """A hostile edge: a NaN in a raw payload with a consistent CRC and digest."""
+    m = _msg(split)
+    values = np.frombuffer(m.payload, dtype="<f4").copy()
+    values[len(values) // 2] = np.nan
+    m.payload = values.tobytes()
+    m.payload_crc32 = zlib.crc32(m.payload)
+    m.decoded_digest = content_digest(m.payload)
+    return m.SerializeToString()
+
+
+def _digest_mismatch() -> bytes:
+    m = _msg()
+    m.decoded_digest = bytes(8)
+    return m.SerializeToString()
+
+
+def _version_in_client_extra() -> bytes:
+    """A client-supplied string containing "version" must not choose the "version" label."""
+    m = _msg()
+    m.codec.extra["compression"] = "version-9"
+    return m.SerializeToString()
+
+
 BAD_INPUTS = {
     # name: (bitstream, status, message fragment, decode-error reason)
     "random_bytes": (lambda: np.random.default_rng(3).integers(0, 256, 4096, dtype=np.uint8).tobytes(),
@@ -222,8 +247,24 @@ BAD_INPUTS = {
     "unknown_codec": (_unknown_codec, "INVALID_ARGUMENT", "unknown codec 'no-such-codec'", "unknown_codec"),
     "unknown_split": (_unknown_split, "INVALID_ARGUMENT", "unknown split 'resnet-cls'", "unknown_name"),
     "future_version": (_future_version, "INVALID_ARGUMENT", "unsupported bitstream format version 99", "version"),
+    "nan_features": (_nan_features, "INVALID_ARGUMENT", "NaN or infinite", "non_finite"),
+    "digest_mismatch": (_digest_mismatch, "INVALID_ARGUMENT", "does not match the encoder's digest", "integrity"),
+    "version_in_client_extra": (_version_in_client_extra, "INVALID_ARGUMENT", "unknown compression", "decode"),
     "empty_request": (lambda: None, "INVALID_ARGUMENT", "carries no bitstream", None),
 }
+
+
+@pytest.mark.parametrize("split", ALL_SPLITS)
+def test_non_finite_features_are_refused_on_every_split(cloud: ServerThread, split: str) -> None:
+    """Finding 3 of the trust issue: NaN features were answered OK (NaN probabilities, a flat image)."""
+    errors = "splitfc_cloud_decode_errors_total"
+    before = metric(cloud, errors, split=split, codec="raw", reason="non_finite")
+    with pytest.raises(grpc.RpcError) as info:
+        stub_for(cloud).Infer(svc.InferRequest(bitstream=_nan_features(split)), timeout=60)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "NaN or infinite" in info.value.details()
+    assert metric(cloud, errors, split=split, codec="raw", reason="non_finite") == before + 1
+    assert metric(cloud, errors, split=split, codec="raw", reason="version") == 0
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
