@@ -1,39 +1,54 @@
-"""How the cloud answers errors: one table from error type to gRPC status; the metric label is the type's reason.
+"""How the cloud answers errors, transport-free: a status per error type, the metric label from the type.
 
-Errors are typed where they are found (`splitfc.common.errors`); the services
-never look at a message's text to classify it, so a client-supplied string
-cannot choose a status or a metric label.
+Errors are typed where they are found (`splitfc.common.errors`); the cloud never
+looks at a message's text to classify it, so a client-supplied string cannot
+choose a status or a metric label. `Status` names the outcome in gRPC's terms
+(the servicer maps it to ``grpc.StatusCode`` by name; the HTTP side could map it
+to HTTP codes) so the engine needs no transport import.
 """
 
 from __future__ import annotations
 
-import grpc
+from enum import Enum
 
 from splitfc.common.errors import CodecUnavailableError, SplitfcError
 
-STATUS_BY_ERROR: tuple[tuple[type[SplitfcError], grpc.StatusCode], ...] = (
-    (CodecUnavailableError, grpc.StatusCode.FAILED_PRECONDITION),
-    (SplitfcError, grpc.StatusCode.INVALID_ARGUMENT),
+
+class Status(Enum):
+    """Request outcomes the engine reports (the gRPC status code names and numbers)."""
+
+    OK = 0
+    CANCELLED = 1
+    INVALID_ARGUMENT = 3
+    DEADLINE_EXCEEDED = 4
+    NOT_FOUND = 5
+    RESOURCE_EXHAUSTED = 8
+    FAILED_PRECONDITION = 9
+    INTERNAL = 13
+    UNAVAILABLE = 14
+
+
+STATUS_BY_ERROR: tuple[tuple[type[SplitfcError], Status], ...] = (
+    (CodecUnavailableError, Status.FAILED_PRECONDITION),
+    (SplitfcError, Status.INVALID_ARGUMENT),
 )
 """The first entry whose type matches the error decides its status (most specific first)."""
 
 
-def status_for(exc: SplitfcError) -> tuple[grpc.StatusCode, str]:
-    """gRPC status and metric reason of a `SplitfcError` raised while decoding a request."""
-    for error_type, code in STATUS_BY_ERROR:
+def status_for(exc: SplitfcError) -> tuple[Status, str]:
+    """Status and metric reason of a `SplitfcError` raised while decoding a request."""
+    for error_type, status in STATUS_BY_ERROR:
         if isinstance(exc, error_type):
-            return code, exc.reason
-    return grpc.StatusCode.INVALID_ARGUMENT, SplitfcError.reason
+            return status, exc.reason
+    return Status.INVALID_ARGUMENT, SplitfcError.reason
 
 
 class RequestFailed(Exception):
-    """A request that ends with a non-OK gRPC status."""
+    """A request that ends with a non-OK status."""
 
-    def __init__(
-        self, code: grpc.StatusCode, message: str, reason: str | None = None, limit: str | None = None,
-    ) -> None:
+    def __init__(self, status: Status, message: str, reason: str | None = None, limit: str | None = None) -> None:
         super().__init__(message)
-        self.code = code
+        self.status = status
         self.message = message
         self.reason = reason
         """Decode-error reason for the metrics (None: not a bitstream problem)."""
@@ -43,5 +58,5 @@ class RequestFailed(Exception):
     @classmethod
     def from_error(cls, exc: SplitfcError) -> RequestFailed:
         """The failure that answers ``exc`` (status and reason from `status_for`)."""
-        code, reason = status_for(exc)
-        return cls(code, str(exc), reason)
+        status, reason = status_for(exc)
+        return cls(status, str(exc), reason)

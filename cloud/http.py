@@ -13,12 +13,12 @@ from fastapi.responses import JSONResponse
 from google.protobuf.json_format import MessageToDict
 
 from splitfc import __version__
+from splitfc.cloud.engine import InferenceEngine
 from splitfc.cloud.metrics import CONTENT_TYPE_LATEST, CloudMetrics
 from splitfc.cloud.security import TokenSet
-from splitfc.cloud.service import SplitInferenceService
 
 
-def create_app(service: SplitInferenceService, metrics: CloudMetrics, tokens: TokenSet | None = None) -> FastAPI:
+def create_app(engine: InferenceEngine, metrics: CloudMetrics, tokens: TokenSet | None = None) -> FastAPI:
     """The HTTP app of one server: liveness, readiness, info and Prometheus metrics."""
     app = FastAPI(title="splitfc cloud", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -42,19 +42,19 @@ def create_app(service: SplitInferenceService, metrics: CloudMetrics, tokens: To
     def readyz() -> JSONResponse:
         """Readiness: 200 once every model is loaded, else 503."""
         body: dict[str, Any] = {
-            "ready": service.ready,
-            "loaded": sorted(service.models),
-            "splits": service.split_ids,
+            "ready": engine.ready,
+            "loaded": sorted(engine.models),
+            "splits": engine.split_ids,
         }
-        if service.load_error:
-            body["error"] = service.load_error
-        return JSONResponse(body, status_code=200 if service.ready else 503)
+        if engine.load_error:
+            body["error"] = engine.load_error
+        return JSONResponse(body, status_code=200 if engine.ready else 503)
 
     @app.get("/v1/info", dependencies=protected)
     def info() -> dict[str, Any]:
         """Models, splits, codecs and limits (the gRPC GetInfo answer as JSON)."""
         return MessageToDict(
-            service.info(), always_print_fields_with_no_presence=True, preserving_proto_field_name=True
+            engine.info(), always_print_fields_with_no_presence=True, preserving_proto_field_name=True
         )
 
     @app.get("/metrics", dependencies=protected)

@@ -24,17 +24,11 @@ import uvicorn
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from splitfc.cloud.engine import InferenceEngine, ModelLoader, default_model_loader
 from splitfc.cloud.http import create_app
 from splitfc.cloud.metrics import CloudMetrics
 from splitfc.cloud.security import ServerGuard, TransportPolicy, check_transport
-from splitfc.cloud.service import (
-    SERVICE_NAME,
-    ModelLoader,
-    SplitInferenceService,
-    SplitInferenceServicer,
-    add_servicer,
-    default_model_loader,
-)
+from splitfc.cloud.servicer import SERVICE_NAME, SplitInferenceServicer, add_servicer
 from splitfc.cloud.settings import CloudSettings
 from splitfc.common.errors import SplitfcError
 from splitfc.common.jsonlog import private_logger
@@ -80,7 +74,7 @@ class CloudServer:
             logger = private_logger(REQUEST_LOGGER, self.settings.log_file, enabled=self.settings.log_requests)
         self.policy: TransportPolicy = check_transport(self.settings)
         """TLS and token policy (raises `SecurityConfigError` here, before anything is bound)."""
-        self.service = SplitInferenceService(self.settings, self.metrics, logger, model_loader)
+        self.engine = InferenceEngine(self.settings, self.metrics, logger, model_loader)
         self.health = health.aio.HealthServicer()
         self._grpc: grpc.aio.Server | None = None
         self._http: _Uvicorn | None = None
@@ -93,12 +87,12 @@ class CloudServer:
         """Bind both ports and start loading the models; returns the bound endpoints."""
         s = self.settings
         loop = asyncio.get_running_loop()
-        self.service.bind_loop(loop)
+        self.engine.bind_loop(loop)
         for warning in self.policy.warnings:
             print(f"splitfc cloud: warning: {warning}", file=sys.stderr, flush=True)
         guard = ServerGuard(self.policy.tokens, self.metrics, s.max_streams_per_client)
         server = grpc.aio.server(options=s.grpc_options(), interceptors=[guard])
-        add_servicer(SplitInferenceServicer(self.service), server)
+        add_servicer(SplitInferenceServicer(self.engine), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -133,7 +127,7 @@ class CloudServer:
             if self.policy.mutual_tls:
                 tls.update(ssl_ca_certs=str(s.tls_client_ca), ssl_cert_reqs=ssl.CERT_REQUIRED)
         config = uvicorn.Config(
-            create_app(self.service, self.metrics, self.policy.tokens), log_level="warning", access_log=False,
+            create_app(self.engine, self.metrics, self.policy.tokens), log_level="warning", access_log=False,
             lifespan="off", **tls,  # type: ignore[arg-type]
         )
         self._http = _Uvicorn(config)
@@ -149,10 +143,10 @@ class CloudServer:
 
     async def _load_models(self) -> None:
         try:
-            await asyncio.to_thread(self.service.load_models)
+            await asyncio.to_thread(self.engine.load_models)
         except Exception as exc:
             # Reported by /readyz, wait_ready() and `cloud serve` (which then exits with this error).
-            self.service.load_error = f"{type(exc).__name__}: {exc}"
+            self.engine.load_error = f"{type(exc).__name__}: {exc}"
             return
         if not self._stopping:
             for name in ("", SERVICE_NAME):
@@ -162,8 +156,8 @@ class CloudServer:
         """Wait until the models are loaded; raise if loading failed."""
         assert self._load_task is not None, "start() first"
         await asyncio.wait_for(asyncio.shield(self._load_task), timeout)
-        if self.service.load_error:
-            raise SplitfcError(f"cloud could not load its models: {self.service.load_error}")
+        if self.engine.load_error:
+            raise SplitfcError(f"cloud could not load its models: {self.engine.load_error}")
 
     async def stop(self, grace: float | None = None) -> None:
         """Refuse new calls, let in-flight ones finish (up to ``grace`` s), stop HTTP."""
@@ -172,7 +166,7 @@ class CloudServer:
         self._stopping = True
         grace = self.settings.drain_seconds if grace is None else grace
         await self.health.enter_graceful_shutdown()
-        self.service.metrics.ready.set(0)
+        self.engine.metrics.ready.set(0)
         if self._grpc is not None:
             await self._grpc.stop(grace)
         if self._http is not None and self._http_task is not None:
@@ -181,7 +175,7 @@ class CloudServer:
         if self._load_task is not None and not self._load_task.done():
             # The loader thread cannot be interrupted; let it finish in the background.
             self._load_task.cancel()
-        self.service.shutdown()
+        self.engine.shutdown()
 
     async def serve(self, on_start: object = None) -> None:
         """Run until SIGTERM/SIGINT, then drain (the ``splitfc cloud serve`` main loop)."""
@@ -195,11 +189,11 @@ class CloudServer:
         assert self._load_task is not None
         stopped = asyncio.create_task(stop.wait())
         await asyncio.wait({stopped, self._load_task}, return_when=asyncio.FIRST_COMPLETED)
-        if self.service.load_error:
+        if self.engine.load_error:
             # A server that can never become ready should say so and exit, not idle as NOT_SERVING.
             stopped.cancel()
             await self.stop(0)
-            raise SplitfcError(f"cloud could not load its models: {self.service.load_error}")
+            raise SplitfcError(f"cloud could not load its models: {self.engine.load_error}")
         await stopped
         await self.stop()
 

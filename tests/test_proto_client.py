@@ -21,7 +21,7 @@ from splitfc.protogen import PROTO_ROOT, proto_files
 
 CLIENT = textwrap.dedent(
     """
-    import json, sys, zlib
+    import hashlib, json, sys, zlib
 
     import grpc
     import numpy as np
@@ -55,6 +55,8 @@ CLIENT = textwrap.dedent(
         tensors=[bs.TensorInfo(name="features", shape=shape, dtype=bs.DTYPE_FLOAT32)],
         payload=payload,
         payload_crc32=zlib.crc32(payload),
+        # the integrity digest as bitstream.proto defines it: BLAKE2b-64 of raw's stored bytes
+        decoded_digest=hashlib.blake2b(payload, digest_size=8).digest(),
     )
     resp = stub.Infer(svc.InferRequest(request_id="proto-only", bitstream=bitstream.SerializeToString()), timeout=60)
     c = resp.result.classification

@@ -512,4 +512,4 @@ def test_serve_exits_with_the_error_when_models_cannot_load() -> None:
     server = CloudServer(cloud_settings(splits="dinov2-cls"), model_loader=broken)
     with pytest.raises(SplitfcError, match="could not load its models: FileNotFoundError: checkpoint folder"):
         asyncio.run(asyncio.wait_for(server.serve(), 60))
-    assert server.service.ready is False
+    assert server.engine.ready is False

@@ -12,11 +12,10 @@ import sys
 import zlib
 from pathlib import Path
 
-import grpc
 import numpy as np
 import pytest
 
-from splitfc.cloud.errors import STATUS_BY_ERROR, status_for
+from splitfc.cloud.errors import STATUS_BY_ERROR, Status, status_for
 from splitfc.common import errors
 from splitfc.common.bitstream import decode_features, encode_features, read_sfc, validate_bitstream, write_sfc
 from splitfc.common.codecs import get_codec
@@ -182,18 +181,18 @@ def test_every_error_type_has_its_own_reason() -> None:
 @pytest.mark.parametrize(
     ("exc", "code", "reason"),
     [
-        (errors.ChecksumError("x"), grpc.StatusCode.INVALID_ARGUMENT, "crc"),
-        (errors.FormatVersionError("x"), grpc.StatusCode.INVALID_ARGUMENT, "version"),
-        (errors.IntegrityError("x"), grpc.StatusCode.INVALID_ARGUMENT, "integrity"),
-        (errors.NonFiniteError("x"), grpc.StatusCode.INVALID_ARGUMENT, "non_finite"),
-        (errors.CodecUnavailableError("x"), grpc.StatusCode.FAILED_PRECONDITION, "codec_unavailable"),
+        (errors.ChecksumError("x"), Status.INVALID_ARGUMENT, "crc"),
+        (errors.FormatVersionError("x"), Status.INVALID_ARGUMENT, "version"),
+        (errors.IntegrityError("x"), Status.INVALID_ARGUMENT, "integrity"),
+        (errors.NonFiniteError("x"), Status.INVALID_ARGUMENT, "non_finite"),
+        (errors.CodecUnavailableError("x"), Status.FAILED_PRECONDITION, "codec_unavailable"),
         # message texts full of other reasons' words choose nothing
         (BitstreamError("version CRC unknown codec over the limit protobuf parse failed"),
-         grpc.StatusCode.INVALID_ARGUMENT, "decode"),
-        (SplitfcError("version"), grpc.StatusCode.INVALID_ARGUMENT, "error"),
+         Status.INVALID_ARGUMENT, "decode"),
+        (SplitfcError("version"), Status.INVALID_ARGUMENT, "error"),
     ],
 )
-def test_status_table(exc: SplitfcError, code: grpc.StatusCode, reason: str) -> None:
+def test_status_table(exc: SplitfcError, code: Status, reason: str) -> None:
     assert status_for(exc) == (code, reason)
     assert STATUS_BY_ERROR[-1][0] is SplitfcError  # the catch-all comes last
 
@@ -204,7 +203,7 @@ def test_a_client_string_saying_version_is_not_a_version_error(make_features) ->
     msg.codec.extra["compression"] = "version-9"
     with pytest.raises(BitstreamError) as info:
         decode_features(msg)
-    assert status_for(info.value) == (grpc.StatusCode.INVALID_ARGUMENT, "decode")
+    assert status_for(info.value) == (Status.INVALID_ARGUMENT, "decode")
     assert "unknown compression 'version-9'" in str(info.value)
 
 
@@ -217,7 +216,7 @@ def test_a_bad_hyperprior_payload_version_byte_is_a_decode_error(make_features) 
     _with_payload(msg, bytes([99]) + msg.payload[1:], msg.decoded_digest)
     with pytest.raises(BitstreamError, match="payload version 99") as info:
         decode_features(msg)
-    assert status_for(info.value) == (grpc.StatusCode.INVALID_ARGUMENT, "decode")
+    assert status_for(info.value) == (Status.INVALID_ARGUMENT, "decode")
 
 
 def test_codec_decode_takes_the_digest_from_the_coded_record(make_features) -> None:

@@ -55,22 +55,22 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def in_process_throughput(split: str, bitstreams: list[bytes], requests: int, workers: int) -> dict[str, float]:
-    """The server's own per-request work (`SplitInferenceService._work`: parse, validate, decode, tail,
+    """The server's own per-request work (`InferenceEngine.work`: parse, validate, decode, tail,
     result encoding) on ``workers`` threads, without gRPC or the event loop."""
     import logging
 
+    from splitfc.cloud.engine import InferenceEngine, RequestRecord
     from splitfc.cloud.metrics import CloudMetrics
-    from splitfc.cloud.service import RequestRecord, SplitInferenceService
     from splitfc.cloud.settings import CloudSettings
 
-    service = SplitInferenceService(
+    service = InferenceEngine(
         CloudSettings(splits=split, max_concurrency=workers), CloudMetrics(), logging.getLogger("bench-serving")
     )
     service.load_models()
 
     def work(i: int) -> float:
         t = time.perf_counter()
-        service._work(bitstreams[i % len(bitstreams)], RequestRecord(request_id=str(i), method="bench"))
+        service.work(bitstreams[i % len(bitstreams)], RequestRecord(request_id=str(i), method="bench"))
         return time.perf_counter() - t
 
     try:

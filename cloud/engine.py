@@ -1,16 +1,16 @@
-"""The gRPC servicer: validate, decode, run ``tail``, answer; bounded, timed, counted, logged.
+"""The inference engine: admission, decode, tail, metrics and logs; it knows nothing of the transport.
 
-One request: (receive) -> size check -> admission (a free worker, else wait in a
-queue of ``max_queue``, else RESOURCE_EXHAUSTED) -> in a worker thread: parse,
-validate (version, split, codec, declared shape against the split and the loaded
-model, element limit, CRC) and decode the bitstream, then ``tail`` -> response.
+One request: size check -> admission (a free worker, else wait in a queue of
+``max_queue``, else RESOURCE_EXHAUSTED) -> in a worker thread: parse, validate
+(version, split, codec, declared shape against the split and the loaded model,
+element limit, CRC) and decode the bitstream, then ``tail`` -> a `TaskResult`.
 CPU work runs in a thread pool of ``max_concurrency`` workers, off the event
 loop. A worker slot is released only when its thread finishes, even if the
 caller gave up (deadline, cancel): the CPU bound holds.
 
-``Infer`` is served as a stream-unary handler (the wire is the same as unary): a
-request over the gRPC message limit then reaches the handler as an empty stream,
-so it is counted in the metrics instead of vanishing inside gRPC core.
+Errors come in typed (`splitfc.common.errors`) and go out as `RequestFailed`
+with a transport-free `Status`; the entrypoints (``cloud/servicer.py`` for gRPC,
+``cloud/http.py``) translate. As vLLM separates its engine from its entrypoints.
 """
 
 from __future__ import annotations
@@ -18,25 +18,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from math import prod
 from typing import Any
 
-import grpc
-
 from splitfc import __version__
-from splitfc.cloud.errors import RequestFailed
+from splitfc.cloud.errors import RequestFailed, Status
 from splitfc.cloud.metrics import CloudMetrics, codec_label, split_label
 from splitfc.cloud.settings import CloudSettings
-from splitfc.common.bitstream import (
-    FORMAT_VERSION,
-    bitstream_stats,
-    decode_features,
-    parse_bitstream,
-)
+from splitfc.common.bitstream import FORMAT_VERSION, bitstream_stats, decode_features, parse_bitstream
 from splitfc.common.codecs import CODECS
 from splitfc.common.errors import ShapeError, SplitfcError
 from splitfc.common.models.base import SplitModel
@@ -45,11 +37,11 @@ from splitfc.common.wire import task_result_to_proto
 from splitfc.v1 import bitstream_pb2 as bpb
 from splitfc.v1 import service_pb2 as svc
 
-SERVICE_NAME = "splitfc.v1.SplitInference"
 ModelLoader = Callable[[str, str], SplitModel]
+Bitstream = bytes | bpb.FeatureBitstream
 
-# A cancellation this close to the deadline is counted as DEADLINE_EXCEEDED (see run_one).
 DEADLINE_SLACK_S = 0.5
+"""A cancellation this close to the deadline is counted as DEADLINE_EXCEEDED (see `InferenceEngine.run`)."""
 
 
 @dataclass
@@ -67,6 +59,19 @@ class RequestRecord:
     message: str = ""
 
 
+@dataclass(frozen=True)
+class InferOutcome:
+    """A successful request: the task result and what the response reports beside it."""
+
+    request_id: str
+    split: str
+    result: svc.TaskResult
+    timings_ms: dict[str, float]
+    """``queue_ms``, ``decode_ms``, ``tail_ms``, ``total_ms`` (server side)."""
+    stats: dict[str, Any]
+    """`BitstreamStats.as_dict()` of the request's bitstream."""
+
+
 def default_model_loader(split_id: str, preset: str) -> SplitModel:
     """``splitfc.common.models.get_split_model`` (imported when first needed)."""
     from splitfc.common.models import get_split_model
@@ -74,8 +79,8 @@ def default_model_loader(split_id: str, preset: str) -> SplitModel:
     return get_split_model(split_id, preset=preset)
 
 
-class SplitInferenceService:
-    """Models, admission control and the request pipeline behind the gRPC methods."""
+class InferenceEngine:
+    """Models, admission control and the request pipeline behind every entrypoint."""
 
     def __init__(
         self,
@@ -129,6 +134,7 @@ class SplitInferenceService:
         return limit
 
     def info(self) -> svc.ServerInfo:
+        """Models, splits, codecs and limits (the ``GetInfo`` answer, served as JSON over HTTP too)."""
         s = self.settings
         splits = []
         for split_id in self.split_ids:
@@ -172,12 +178,16 @@ class SplitInferenceService:
     def _decode_time_exceeded(self, seconds: float) -> RequestFailed:
         limit = self.settings.max_decode_seconds
         return RequestFailed(
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            Status.RESOURCE_EXHAUSTED,
             f"request took over {seconds:.3g} s of worker time, over the limit of max_decode_seconds={limit:g}",
             limit="decode_time",
         )
 
-    def _work(self, data: bytes | bpb.FeatureBitstream, rec: RequestRecord) -> tuple[svc.TaskResult, float, float]:
+    def work(self, data: Bitstream, rec: RequestRecord) -> tuple[svc.TaskResult, float, float]:
+        """One request's CPU work, blocking: parse, validate, decode, tail -> (result, decode s, tail s).
+
+        Raises `RequestFailed`. Entrypoints call `run`; benchmarks call this to measure the work alone.
+        """
         t0 = time.perf_counter()
         try:
             msg = parse_bitstream(data) if isinstance(data, bytes) else data
@@ -188,7 +198,7 @@ class SplitInferenceService:
                 # rest (codec, element limit, CRC, pre-processing header) once, before allocating.
                 if split not in self.models:
                     raise RequestFailed(
-                        grpc.StatusCode.NOT_FOUND,
+                        Status.NOT_FOUND,
                         f"split {split} is not served here (serving: {', '.join(self.split_ids)})",
                         "split_not_served",
                     )
@@ -204,39 +214,35 @@ class SplitInferenceService:
         t1 = time.perf_counter()
         limit = self.settings.max_decode_seconds
         if limit > 0 and t1 - t0 > limit:
-            raise self._decode_time_exceeded(t1 - t0)  # the event loop has answered already; skip the tail
+            raise self._decode_time_exceeded(t1 - t0)  # the caller has its answer already; skip the tail
         try:
             out = model.tail(features)
             result = task_result_to_proto(out)
         except Exception as exc:
             self.log.exception("tail failed", extra={"fields": {"request_id": rec.request_id}})
-            raise RequestFailed(
-                grpc.StatusCode.INTERNAL, f"tail of {split} failed: {type(exc).__name__}: {exc}"
-            ) from None
+            raise RequestFailed(Status.INTERNAL, f"tail of {split} failed: {type(exc).__name__}: {exc}") from None
         return result, t1 - t0, time.perf_counter() - t1
 
     # -- one request on the event loop --------------------------------------------------------
-    async def process(
-        self, request_id: str, data: bytes | bpb.FeatureBitstream, context: grpc.aio.ServicerContext,
-        rec: RequestRecord, t_start: float,
-    ) -> svc.InferResponse:
+    async def _admit_and_work(
+        self, data: Bitstream, rec: RequestRecord, t_start: float, deadline: float | None,
+    ) -> InferOutcome:
         """Admit, decode, run the tail; raise `RequestFailed` for any non-OK outcome."""
         if not self.ready:
-            raise RequestFailed(grpc.StatusCode.UNAVAILABLE, "models are still loading; retry later")
+            raise RequestFailed(Status.UNAVAILABLE, "models are still loading; retry later")
         size = len(data) if isinstance(data, bytes) else data.ByteSize()
         if size > self.settings.max_bitstream_bytes:
             raise RequestFailed(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                Status.RESOURCE_EXHAUSTED,
                 f"bitstream of {size} bytes is over the limit of {self.settings.max_bitstream_bytes}",
                 "oversized", limit="bitstream_bytes",
             )
-        remaining = context.time_remaining() if context is not None else None
-        if remaining is not None and remaining <= 0:
-            raise RequestFailed(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline expired before the request was admitted")
+        if deadline is not None and deadline <= time.monotonic():
+            raise RequestFailed(Status.DEADLINE_EXCEEDED, "deadline expired before the request was admitted")
         assert self._slots is not None and self._loop is not None
         if self._slots.locked() and self._waiting >= self.settings.max_queue:
             raise RequestFailed(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                Status.RESOURCE_EXHAUSTED,
                 f"server busy: {self.settings.max_concurrency} requests running and "
                 f"{self._waiting} waiting (max_queue {self.settings.max_queue}); retry later",
                 limit="queue",
@@ -253,10 +259,10 @@ class SplitInferenceService:
         loop = self._loop
         slots = self._slots
         try:
-            cfut = self._executor.submit(self._work, data, rec)
+            cfut = self._executor.submit(self.work, data, rec)
         except RuntimeError:
             slots.release()
-            raise RequestFailed(grpc.StatusCode.UNAVAILABLE, "server is shutting down") from None
+            raise RequestFailed(Status.UNAVAILABLE, "server is shutting down") from None
         cfut.add_done_callback(lambda _f: loop.call_soon_threadsafe(slots.release))
         work = asyncio.wrap_future(cfut)
         limit = self.settings.max_decode_seconds
@@ -270,21 +276,11 @@ class SplitInferenceService:
                 raise self._decode_time_exceeded(time.perf_counter() - t_queue - queue_s) from None
         else:
             result, decode_s, tail_s = await work
-        stats = rec.stats
         total_s = time.perf_counter() - t_start
         rec.timings_ms = {
             "queue_ms": queue_s * 1e3, "decode_ms": decode_s * 1e3, "tail_ms": tail_s * 1e3, "total_ms": total_s * 1e3,
         }
-        return svc.InferResponse(
-            request_id=request_id,
-            split=rec.split or "",
-            result=result,
-            timing=svc.ServerTiming(**rec.timings_ms),
-            rate=svc.RateInfo(
-                payload_bytes=stats["payload_bits"] // 8, bitstream_bytes=stats["total_bytes"],
-                feature_points=stats["feature_points"], bpfp=stats["bpfp"],
-            ),
-        )
+        return InferOutcome(rec.request_id, rec.split or "", result, rec.timings_ms, rec.stats)
 
     def finish(self, rec: RequestRecord) -> None:
         """Count and log one finished request (any status)."""
@@ -312,184 +308,39 @@ class SplitInferenceService:
                 fields["error"] = rec.message
             self.log.info("", extra={"fields": fields})
 
-    async def run_one(
-        self, method: str, request_id: str, data: bytes | bpb.FeatureBitstream | None,
-        context: grpc.aio.ServicerContext, t_start: float, missing: RequestFailed | None = None,
-    ) -> tuple[svc.InferResponse | None, RequestFailed | None]:
-        """Process one request and account for it: (response, None) or (None, failure)."""
+    async def run(
+        self, method: str, request_id: str, data: Bitstream | None, t_start: float,
+        deadline: float | None = None, failure: RequestFailed | None = None,
+    ) -> tuple[InferOutcome | None, RequestFailed | None]:
+        """Process one request and account for it: (outcome, None) or (None, failure).
+
+        ``deadline`` is the caller's deadline on ``time.monotonic()``'s clock (None: none);
+        ``failure`` is an error the entrypoint found before (the request is counted with it).
+        """
         rec = RequestRecord(request_id=request_id, method=method)
         self.metrics.inflight.inc()
         try:
             if data is None:
-                raise missing or RequestFailed(grpc.StatusCode.INVALID_ARGUMENT, "request carries no bitstream")
-            response = await self.process(request_id, data, context, rec, t_start)
-            return response, None
+                raise failure or RequestFailed(Status.INVALID_ARGUMENT, "request carries no bitstream")
+            return await self._admit_and_work(data, rec, t_start, deadline), None
         except RequestFailed as exc:
-            rec.status, rec.message = exc.code.name, exc.message
+            rec.status, rec.message = exc.status.name, exc.message
             if exc.limit is not None:
                 self.metrics.limit_rejections.labels(exc.limit).inc()
             if exc.reason is not None:
                 self.metrics.decode_errors.labels(split_label(rec.split), codec_label(rec.codec), exc.reason).inc()
             return None, exc
         except asyncio.CancelledError:
-            remaining = context.time_remaining() if context is not None else None
             # The client's own deadline fires first and cancels the call: the server's copy of the
             # deadline (taken when the request arrived) runs out a transit time later.
-            expired = remaining is not None and remaining <= DEADLINE_SLACK_S
+            expired = deadline is not None and deadline - time.monotonic() <= DEADLINE_SLACK_S
             rec.status = "DEADLINE_EXCEEDED" if expired else "CANCELLED"
             rec.message = "deadline exceeded" if expired else "cancelled by the client"
             raise
         except Exception as exc:  # a bug: still an answer, and a log line with the traceback
             self.log.exception("request failed", extra={"fields": {"request_id": request_id}})
             rec.status, rec.message = "INTERNAL", f"{type(exc).__name__}: {exc}"
-            return None, RequestFailed(grpc.StatusCode.INTERNAL, rec.message)
+            return None, RequestFailed(Status.INTERNAL, rec.message)
         finally:
             self.metrics.inflight.dec()
             self.finish(rec)
-
-
-def _request_input(req: svc.InferRequest) -> bytes | bpb.FeatureBitstream | None:
-    kind = req.WhichOneof("input")
-    if kind == "bitstream":
-        return req.bitstream
-    if kind == "bitstream_message":
-        return req.bitstream_message
-    return None
-
-
-class SplitInferenceServicer:
-    """The ``splitfc.v1.SplitInference`` methods over a `SplitInferenceService`."""
-
-    def __init__(self, service: SplitInferenceService) -> None:
-        self.service = service
-
-    async def Infer(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> svc.InferResponse:
-        t_start = time.perf_counter()
-        req = await context.read()
-        if req is grpc.aio.EOF:
-            # gRPC core dropped the message (over max_message_bytes) or the client sent none.
-            failure = RequestFailed(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"request message missing or over the limit of {self.service.settings.max_message_bytes} bytes",
-                "oversized", limit="message_bytes",
-            )
-            await self.service.run_one("Infer", "", None, context, t_start, failure)
-            await context.abort(failure.code, failure.message)
-        request_id = req.request_id or uuid.uuid4().hex
-        response, failure = await self.service.run_one("Infer", request_id, _request_input(req), context, t_start)
-        if failure is not None:
-            await context.abort(failure.code, failure.message)
-        return response
-
-    async def InferChunked(
-        self, request_iterator: AsyncIterator[svc.BitstreamChunk], context: grpc.aio.ServicerContext
-    ) -> svc.InferResponse:
-        t_start = time.perf_counter()
-        limit = self.service.settings.max_bitstream_bytes
-        request_id = ""
-        buf: bytearray | None = None
-        total = 0
-        failure: RequestFailed | None = None
-        async for chunk in request_iterator:
-            if buf is None:
-                request_id = chunk.request_id or uuid.uuid4().hex
-                total = chunk.total_bytes
-                if total > limit:
-                    failure = RequestFailed(
-                        grpc.StatusCode.RESOURCE_EXHAUSTED,
-                        f"announced bitstream of {total} bytes is over the limit of {limit}", "oversized",
-                        limit="bitstream_bytes",
-                    )
-                    break
-                buf = bytearray()
-            if len(buf) + len(chunk.data) > total:
-                failure = RequestFailed(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"chunks carry more than the announced {total} bytes", "chunking",
-                )
-                break
-            buf += chunk.data
-        if failure is None and (buf is None or len(buf) != total):
-            got = 0 if buf is None else len(buf)
-            failure = RequestFailed(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"chunk stream ended after {got} of {total} announced bytes "
-                f"(or a chunk was over the {self.service.settings.max_message_bytes}-byte message limit)",
-                "chunking",
-            )
-        data = None if failure is not None or buf is None else bytes(buf)
-        response, failure = await self.service.run_one("InferChunked", request_id, data, context, t_start, failure)
-        if failure is not None:
-            await context.abort(failure.code, failure.message)
-        return response
-
-    async def InferStream(
-        self, request_iterator: AsyncIterator[svc.InferRequest], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[svc.InferResponse]:
-        out: asyncio.Queue[svc.InferResponse | None] = asyncio.Queue()
-        tasks: set[asyncio.Task[None]] = set()
-
-        async def one(req: svc.InferRequest, t_start: float) -> None:
-            request_id = req.request_id or uuid.uuid4().hex
-            response, failure = await self.service.run_one(
-                "InferStream", request_id, _request_input(req), context, t_start
-            )
-            if failure is not None:
-                response = svc.InferResponse(
-                    request_id=request_id,
-                    error=svc.Error(code=failure.code.value[0], code_name=failure.code.name, message=failure.message),
-                )
-            await out.put(response)
-
-        async def reader() -> None:
-            async for req in request_iterator:
-                task = asyncio.create_task(one(req, time.perf_counter()))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-            while tasks:
-                await asyncio.gather(*list(tasks), return_exceptions=True)
-            await out.put(None)
-
-        read_task = asyncio.create_task(reader())
-        try:
-            while True:
-                item = await out.get()
-                if item is None:
-                    break
-                yield item
-            await read_task
-        finally:
-            if not read_task.done():
-                read_task.cancel()
-            for task in list(tasks):
-                task.cancel()
-
-    async def GetInfo(self, request: svc.GetInfoRequest, context: grpc.aio.ServicerContext) -> svc.ServerInfo:
-        return self.service.info()
-
-
-def add_servicer(servicer: SplitInferenceServicer, server: grpc.aio.Server) -> None:
-    """Register the service (``Infer`` as stream-unary on this side, see the module doc)."""
-    handlers = {
-        "Infer": grpc.stream_unary_rpc_method_handler(
-            servicer.Infer,
-            request_deserializer=svc.InferRequest.FromString,
-            response_serializer=svc.InferResponse.SerializeToString,
-        ),
-        "InferChunked": grpc.stream_unary_rpc_method_handler(
-            servicer.InferChunked,
-            request_deserializer=svc.BitstreamChunk.FromString,
-            response_serializer=svc.InferResponse.SerializeToString,
-        ),
-        "InferStream": grpc.stream_stream_rpc_method_handler(
-            servicer.InferStream,
-            request_deserializer=svc.InferRequest.FromString,
-            response_serializer=svc.InferResponse.SerializeToString,
-        ),
-        "GetInfo": grpc.unary_unary_rpc_method_handler(
-            servicer.GetInfo,
-            request_deserializer=svc.GetInfoRequest.FromString,
-            response_serializer=svc.ServerInfo.SerializeToString,
-        ),
-    }
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
