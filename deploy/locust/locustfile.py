@@ -65,17 +65,12 @@ BITSTREAMS: dict[str, list[bytes]] = {}
 
 
 def encode_bitstreams(splits: list[str], settings: LoadtestSettings) -> dict[str, list[bytes]]:
-    """Each split's head on built-in samples, coded as the edge would code it."""
-    from splitfc.common.bitstream import encode_features
-    from splitfc.common.models import get_split_model, tiny_samples
+    """Each split's head on built-in samples, coded as the edge would code it (`head_bitstreams`)."""
+    from splitfc.common.samples import head_bitstreams
 
     out: dict[str, list[bytes]] = {}
     for split in splits:
-        model = get_split_model(split, preset=settings.preset)
-        out[split] = [
-            encode_features(model.head(s.inputs), split, settings.codec, settings.qp).SerializeToString()
-            for s in tiny_samples(split, settings.samples_per_split)
-        ]
+        out[split] = head_bitstreams(split, settings.preset, settings.codec, settings.qp, settings.samples_per_split)
         log.info("loadtest: %s: %d bitstreams, %s bytes", split, len(out[split]), [len(b) for b in out[split]])
     return out
 

@@ -128,9 +128,8 @@ def cmd_bench_serving(args: argparse.Namespace) -> int:
     import torch
 
     from splitfc.cloud.settings import CloudSettings
-    from splitfc.common.bitstream import encode_features
     from splitfc.common.errors import SplitfcError
-    from splitfc.common.models import get_split_model, tiny_samples
+    from splitfc.common.samples import head_bitstreams
 
     try:
         levels = [int(x) for x in args.concurrency.split(",") if x.strip()]
@@ -143,11 +142,7 @@ def cmd_bench_serving(args: argparse.Namespace) -> int:
     torch.set_num_threads(cloud_defaults.torch_threads)
 
     print(f"bench-serving: preparing {args.samples} {args.split} bitstreams ({args.codec})", file=sys.stderr)
-    model = get_split_model(args.split, preset="tiny")
-    bitstreams = [
-        encode_features(model.head(s.inputs), args.split, args.codec, args.qp).SerializeToString()
-        for s in tiny_samples(args.split, args.samples)
-    ]
+    bitstreams = head_bitstreams(args.split, "tiny", args.codec, args.qp, args.samples)
     settings = CloudSettings(
         grpc_port=_free_port(), http_port=_free_port(), splits=args.split, max_concurrency=workers,
         max_queue=max(64, max(levels)), log_requests=False,

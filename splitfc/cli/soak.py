@@ -81,14 +81,11 @@ def _served_total(http_url: str) -> float:
 async def soak(args: argparse.Namespace, target: str, pid: int) -> dict[str, Any]:
     import psutil
 
-    from splitfc.common.bitstream import encode_features
-    from splitfc.common.models import get_split_model, tiny_samples
+    from splitfc.common.samples import head_bitstreams
     from splitfc.edge.client import EdgeClient
     from splitfc.edge.settings import EdgeSettings
 
-    model = get_split_model(args.split, "tiny")
-    payloads = [encode_features(model.head(s.inputs), args.split, args.codec, args.qp).SerializeToString()
-                for s in tiny_samples(args.split, 4)]
+    payloads = head_bitstreams(args.split, "tiny", args.codec, args.qp, 4)
     proc = psutil.Process(pid)
     rss: list[tuple[float, int]] = []
     outcomes: dict[int, str] = {}
