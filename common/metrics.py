@@ -278,8 +278,3 @@ def score_outputs(split_id: str, outputs: Sequence[TaskOutput], references: Sequ
     result["higher_is_better"] = higher[result["metric"]]
     return result
 
-
-def is_worse_or_equal(metric: str, value: float, than: float) -> bool:
-    """Whether ``value`` of ``metric`` is no better than ``than``."""
-    higher = metric in ("top-1 accuracy", "accuracy", "mIoU", "PSNR")
-    return value <= than if higher else value >= than

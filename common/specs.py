@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from math import prod
 
 from splitfc.common.errors import ShapeError, UnknownNameError
 
@@ -83,9 +82,6 @@ class SplitSpec:
                     f"split {self.id} expects {groups} {self.layout[self.group_axis]} "
                     f"on axis {self.group_axis}, got shape {format_shape(shape)}"
                 )
-
-    def feature_points(self, shape: tuple[int, ...]) -> int:
-        return prod(int(s) for s in shape)
 
 
 def format_shape(shape: tuple[int | None, ...]) -> str:
