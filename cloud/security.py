@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import hmac
-import ipaddress
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ import grpc
 from splitfc.cloud.metrics import CloudMetrics
 from splitfc.cloud.settings import CloudSettings
 from splitfc.common.errors import SplitfcError
+from splitfc.common.transport import is_loopback
 
 SERVICE_PREFIX = "/splitfc.v1.SplitInference/"
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
@@ -35,17 +35,6 @@ BEARER = "bearer "
 
 class SecurityConfigError(SplitfcError):
     """TLS/token settings that cannot be used (missing file, half a key pair, plaintext refused)."""
-
-
-def is_loopback(host: str) -> bool:
-    """True for localhost and loopback addresses (127.0.0.0/8, ::1); False for 0.0.0.0 and names."""
-    host = host.strip().strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def read_token_file(path: Path) -> list[str]:

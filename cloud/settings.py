@@ -1,7 +1,7 @@
 """Cloud service settings (env prefix ``SPLITFC_CLOUD_``).
 
-Keepalive values must agree with `splitfc.edge.settings.EdgeSettings`: a client
-that pings more often than the server permits gets GOAWAY (too_many_pings).
+The message limit and keepalive fields are shared with the edge
+(`splitfc.common.transport.GrpcChannelSettings`).
 """
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ from math import prod
 from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from splitfc.common.errors import SplitfcError
 from splitfc.common.specs import SPLITS, get_split
+from splitfc.common.transport import MIB, GrpcChannelSettings
 
-MIB = 1 << 20
 DEFAULT_MAX_TOKENS = 8192
 """Token bound of variable-length splits (llama3-csr) when no max_elements is set."""
 
@@ -26,7 +26,7 @@ def default_max_elements(split_id: str) -> int:
     return prod(DEFAULT_MAX_TOKENS if s is None else s for s in shape)
 
 
-class CloudSettings(BaseSettings):
+class CloudSettings(GrpcChannelSettings):
     """Everything `splitfc cloud serve` can be told; env ``SPLITFC_CLOUD_<FIELD>``."""
 
     model_config = SettingsConfigDict(env_prefix="SPLITFC_CLOUD_", extra="ignore")
@@ -40,8 +40,6 @@ class CloudSettings(BaseSettings):
     """Model preset: tiny (random-weight, seeded) or paper (real checkpoints)."""
     splits: str = "all"
     """Splits to serve: "all" or comma-separated ids."""
-    max_message_bytes: int = 16 * MIB
-    """Largest gRPC message, both directions (gRPC's default receive limit is 4 MiB)."""
     max_bitstream_bytes: int = 256 * MIB
     """Largest serialized bitstream, unary or reassembled from chunks."""
     max_elements: dict[str, int] = Field(default_factory=dict)
@@ -52,10 +50,6 @@ class CloudSettings(BaseSettings):
     """Requests allowed to wait for a worker; beyond it: RESOURCE_EXHAUSTED."""
     torch_threads: int = 1
     """torch intra-op threads per worker."""
-    keepalive_time_ms: int = 30_000
-    """Server keepalive ping interval."""
-    keepalive_timeout_ms: int = 10_000
-    """How long to wait for a keepalive ack."""
     min_ping_interval_ms: int = 10_000
     """Smallest client ping interval the server permits (client keepalive_time_ms must be >= this)."""
     drain_seconds: float = 30.0
@@ -115,12 +109,8 @@ class CloudSettings(BaseSettings):
     def grpc_options(self) -> list[tuple[str, int]]:
         """Channel arguments of the gRPC server."""
         return [
-            ("grpc.max_receive_message_length", self.max_message_bytes),
-            ("grpc.max_send_message_length", self.max_message_bytes),
-            ("grpc.keepalive_time_ms", self.keepalive_time_ms),
-            ("grpc.keepalive_timeout_ms", self.keepalive_timeout_ms),
+            *self.channel_options(),
             ("grpc.http2.min_recv_ping_interval_without_data_ms", self.min_ping_interval_ms),
             ("grpc.http2.min_ping_interval_without_data_ms", self.min_ping_interval_ms),
-            ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.max_ping_strikes", 2),
         ]

@@ -41,15 +41,8 @@ def _default(obj: object) -> object:
     return str(obj)
 
 
-def json_logger(name: str, destination: str | None = None, stream: Any = None) -> logging.Logger:
-    """A logger writing JSON lines to ``destination`` (a file path), ``stream``, or stderr.
-
-    Calling it again with the same name replaces its handlers (tests start several servers).
-    """
-    logger = logging.getLogger(name)
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-        handler.close()
+def _add_json_handler(logger: logging.Logger, destination: str | None, stream: Any) -> logging.Logger:
+    """Give ``logger`` one JSON-lines handler (a file path, ``stream``, or stderr) at INFO, not propagating."""
     if destination:
         handler: logging.Handler = logging.FileHandler(destination, encoding="utf-8")
     else:
@@ -59,6 +52,18 @@ def json_logger(name: str, destination: str | None = None, stream: Any = None) -
     logger.setLevel(logging.INFO)
     logger.propagate = False
     return logger
+
+
+def json_logger(name: str, destination: str | None = None, stream: Any = None) -> logging.Logger:
+    """A logger writing JSON lines to ``destination`` (a file path), ``stream``, or stderr.
+
+    Calling it again with the same name replaces its handlers (tests start several servers).
+    """
+    logger = logging.getLogger(name)
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    return _add_json_handler(logger, destination, stream)
 
 
 def private_logger(
@@ -74,14 +79,7 @@ def private_logger(
     if not enabled:
         logger.setLevel(logging.CRITICAL + 1)
         return logger
-    if destination:
-        handler: logging.Handler = logging.FileHandler(destination, encoding="utf-8")
-    else:
-        handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
-    handler.setFormatter(JsonFormatter())
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    return logger
+    return _add_json_handler(logger, destination, stream)
 
 
 def silent_logger(name: str) -> logging.Logger:

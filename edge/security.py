@@ -8,13 +8,13 @@ TLS when ``tls_ca`` is set (or ``tls`` for the system roots), mutual TLS with ``
 
 from __future__ import annotations
 
-import ipaddress
 import sys
 from pathlib import Path
 
 import grpc
 
 from splitfc.common.errors import SplitfcError
+from splitfc.common.transport import is_loopback
 from splitfc.edge.settings import EdgeSettings
 
 
@@ -24,16 +24,6 @@ def target_host(target: str) -> str:
     if t.startswith("["):
         return t[1:].split("]", 1)[0]
     return t.rsplit(":", 1)[0] if t.count(":") == 1 else t
-
-
-def _is_loopback(host: str) -> bool:
-    """localhost, 127.0.0.0/8 or ::1."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _read(path: Path, what: str) -> bytes:
@@ -80,7 +70,7 @@ def channel_for(target: str, settings: EdgeSettings, warn: bool = True) -> grpc.
             options.append(("grpc.ssl_target_name_override", s.tls_server_name))
         return grpc.aio.secure_channel(target, creds, options=options)
     host = target_host(target)
-    if not _is_loopback(host):
+    if not is_loopback(host):
         if not s.allow_plaintext:
             raise SplitfcError(
                 f"refusing plaintext to non-loopback {target}: set --tls-ca (SPLITFC_EDGE_TLS_CA) or "

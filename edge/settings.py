@@ -1,7 +1,8 @@
 """Edge client settings (env prefix ``SPLITFC_EDGE_``).
 
-``keepalive_time_ms`` must be >= the server's ``min_ping_interval_ms``
-(`splitfc.cloud.settings.CloudSettings`, 10 s by default), else the server
+The message limit and keepalive fields are shared with the cloud
+(`splitfc.common.transport.GrpcChannelSettings`); ``keepalive_time_ms`` must be
+>= the server's ``min_ping_interval_ms`` (10 s by default), else the server
 answers GOAWAY (too_many_pings).
 """
 
@@ -10,12 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic import SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-MIB = 1 << 20
+from splitfc.common.transport import MIB, GrpcChannelSettings
 
 
-class EdgeSettings(BaseSettings):
+class EdgeSettings(GrpcChannelSettings):
     """How `splitfc edge run` talks to the cloud; env ``SPLITFC_EDGE_<FIELD>``."""
 
     model_config = SettingsConfigDict(env_prefix="SPLITFC_EDGE_", extra="ignore")
@@ -27,10 +28,6 @@ class EdgeSettings(BaseSettings):
     backoff_multiplier: float = 2.0
     deadline_s: float = 60.0
     """Per request, all attempts together."""
-    keepalive_time_ms: int = 30_000
-    keepalive_timeout_ms: int = 10_000
-    max_message_bytes: int = 16 * MIB
-    """Largest gRPC message, both directions (must match the server's)."""
     chunk_bytes: int = 4 * MIB
     """Bitstreams up to this size go unary; larger ones as chunks of this size."""
     workers: int = 2
@@ -60,11 +57,7 @@ class EdgeSettings(BaseSettings):
     def grpc_options(self) -> list[tuple[str, int]]:
         """Channel arguments of the client."""
         return [
-            ("grpc.max_receive_message_length", self.max_message_bytes),
-            ("grpc.max_send_message_length", self.max_message_bytes),
-            ("grpc.keepalive_time_ms", self.keepalive_time_ms),
-            ("grpc.keepalive_timeout_ms", self.keepalive_timeout_ms),
-            ("grpc.keepalive_permit_without_calls", 1),
+            *self.channel_options(),
             ("grpc.http2.max_pings_without_data", 0),
             # Retries are ours (UNAVAILABLE only, with backoff); keep gRPC's transparent ones off.
             ("grpc.enable_retries", 0),

@@ -16,8 +16,9 @@ from _certs import Pki, make_pki
 from _serving import ServerThread, cloud_settings, raw_bitstream
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from splitfc.cloud.security import SecurityConfigError, TokenSet, check_transport, client_key, is_loopback
+from splitfc.cloud.security import SecurityConfigError, TokenSet, check_transport, client_key
 from splitfc.common.errors import SplitfcError
+from splitfc.common.transport import is_loopback
 from splitfc.edge.client import EdgeClient, chunk_messages
 from splitfc.edge.runner import EdgeRunConfig, run_edge
 from splitfc.edge.settings import EdgeSettings
