@@ -4,6 +4,9 @@ Bitstreams up to ``chunk_bytes`` go unary (``Infer``); larger ones as a stream
 of chunks (``InferChunked``). Only UNAVAILABLE and server-side stream resets (CANCELLED) are
 retried (inference is idempotent), with exponential
 backoff and jitter, inside one deadline for all attempts together.
+
+The request message(s) of one bitstream are built and serialized once and reused
+by every attempt; the bytes put on the wire are counted from their lengths.
 """
 
 from __future__ import annotations
@@ -45,6 +48,17 @@ class CallResult:
     chunked: bool
 
 
+def _method_path(name: str) -> str:
+    """``/splitfc.v1.SplitInference/<name>``, read from the generated descriptor (the wire is defined once)."""
+    service = svc.DESCRIPTOR.services_by_name["SplitInference"]
+    return f"/{service.full_name}/{service.methods_by_name[name].name}"
+
+
+def _as_is(data: bytes) -> bytes:
+    """Request serializer for messages serialized beforehand."""
+    return data
+
+
 def chunk_messages(request_id: str, data: bytes, chunk_bytes: int) -> list[svc.BitstreamChunk]:
     """Split a serialized bitstream into chunks; the first carries the id and the total size."""
     chunks = []
@@ -67,6 +81,14 @@ class EdgeClient:
         """``authorization: Bearer ...`` on every call when a token is configured."""
         self.channel = channel_for(target, self.settings, warn=warn)
         self.stub = svc_grpc.SplitInferenceStub(self.channel)
+        # Infer/InferChunked take requests serialized once by `request_messages` (reused on retries).
+        self._infer_call = self.channel.unary_unary(
+            _method_path("Infer"), request_serializer=_as_is, response_deserializer=svc.InferResponse.FromString
+        )
+        self._chunked_call = self.channel.stream_unary(
+            _method_path("InferChunked"), request_serializer=_as_is,
+            response_deserializer=svc.InferResponse.FromString,
+        )
 
     async def __aenter__(self) -> EdgeClient:
         return self
@@ -97,25 +119,25 @@ class EdgeClient:
                 raise TimeoutError(f"server {self.target} not ready after {timeout:.0f} s")
             await asyncio.sleep(0.1)
 
+    def request_messages(self, request_id: str, data: bytes) -> tuple[bool, list[bytes]]:
+        """(chunked, serialized messages) of one bitstream: one ``InferRequest``, or the ``BitstreamChunk`` s."""
+        if len(data) <= self.settings.chunk_bytes:
+            return False, [svc.InferRequest(request_id=request_id, bitstream=data).SerializeToString()]
+        return True, [c.SerializeToString() for c in chunk_messages(request_id, data, self.settings.chunk_bytes)]
+
     def wire_bytes(self, request_id: str, data: bytes) -> int:
         """Request bytes one attempt puts on the wire: serialized messages + gRPC frame headers."""
-        if len(data) <= self.settings.chunk_bytes:
-            return svc.InferRequest(request_id=request_id, bitstream=data).ByteSize() + GRPC_FRAME_HEADER
-        chunks = chunk_messages(request_id, data, self.settings.chunk_bytes)
-        return sum(c.ByteSize() + GRPC_FRAME_HEADER for c in chunks)
+        return sum(len(m) + GRPC_FRAME_HEADER for m in self.request_messages(request_id, data)[1])
 
-    async def _attempt(self, request_id: str, data: bytes, timeout: float) -> svc.InferResponse:
-        if len(data) <= self.settings.chunk_bytes:
-            return await self.stub.Infer(
-                svc.InferRequest(request_id=request_id, bitstream=data), timeout=timeout, metadata=self.metadata
-            )
-        chunks = chunk_messages(request_id, data, self.settings.chunk_bytes)
+    async def _attempt(self, chunked: bool, messages: list[bytes], timeout: float) -> svc.InferResponse:
+        if not chunked:
+            return await self._infer_call(messages[0], timeout=timeout, metadata=self.metadata)
 
-        async def stream() -> AsyncIterator[svc.BitstreamChunk]:
-            for c in chunks:
-                yield c
+        async def stream() -> AsyncIterator[bytes]:
+            for m in messages:
+                yield m
 
-        return await self.stub.InferChunked(stream(), timeout=timeout, metadata=self.metadata)
+        return await self._chunked_call(stream(), timeout=timeout, metadata=self.metadata)
 
     async def infer(self, request_id: str, data: bytes, deadline_s: float | None = None) -> CallResult:
         """Send one serialized bitstream; retry UNAVAILABLE (and stream resets) within the deadline."""
@@ -125,8 +147,8 @@ class EdgeClient:
         end = t0 + deadline_s
         attempt = 0
         backoff = s.backoff_initial_s
-        chunked = len(data) > s.chunk_bytes
-        wire = self.wire_bytes(request_id, data)
+        chunked, messages = self.request_messages(request_id, data)
+        wire = sum(len(m) + GRPC_FRAME_HEADER for m in messages)
         while True:
             attempt += 1
             remaining = end - time.perf_counter()
@@ -135,7 +157,7 @@ class EdgeClient:
                                   attempt - 1, 0.0, time.perf_counter() - t0, 0, chunked)
             ta = time.perf_counter()
             try:
-                resp = await self._attempt(request_id, data, remaining)
+                resp = await self._attempt(chunked, messages, remaining)
                 now = time.perf_counter()
                 if resp is None:  # grpc.aio hands back None when the response bytes do not deserialize
                     return CallResult(None, grpc.StatusCode.INTERNAL, "malformed response: not an InferResponse",

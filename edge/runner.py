@@ -234,7 +234,7 @@ async def run_edge(
         msg = encode_features(features, spec, codec, config.qp)
         data = msg.SerializeToString()
         t2 = time.perf_counter()
-        digests[index] = hashlib.sha256(np.ascontiguousarray(features).tobytes()).hexdigest()[:16]
+        digests[index] = hashlib.sha256(memoryview(np.ascontiguousarray(features)).cast("B")).hexdigest()[:16]
         return data, bitstream_stats(msg).as_dict(), t1 - t0, t2 - t1
 
     async def one(index: int, sample: Sample, client: EdgeClient) -> RequestReport:

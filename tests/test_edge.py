@@ -290,19 +290,25 @@ def test_retries_unavailable_and_stream_resets_only(code: grpc.StatusCode, attem
     async def scenario() -> tuple[grpc.StatusCode, int]:
         client = EdgeClient("127.0.0.1:9", EdgeSettings(backoff_initial_s=0.01), warn=False)
         calls = 0
+        sent: list[list[bytes]] = []
 
-        async def attempt(request_id: str, data: bytes, timeout: float) -> svc.InferResponse:
+        async def attempt(chunked: bool, messages: list[bytes], timeout: float) -> svc.InferResponse:
             nonlocal calls
             calls += 1
+            sent.append(messages)
             if calls == 1:
                 raise grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), "first call fails")
-            return svc.InferResponse(request_id=request_id)
+            return svc.InferResponse(request_id=svc.InferRequest.FromString(messages[0]).request_id)
 
         client._attempt = attempt  # type: ignore[method-assign]
         try:
             result = await client.infer("r1", b"x", deadline_s=5)
         finally:
             await client.close()
+        # the request is serialized once: every attempt sends the same bytes objects
+        assert all(m is sent[0] for m in sent)
+        assert svc.InferRequest.FromString(sent[0][0]) == svc.InferRequest(request_id="r1", bitstream=b"x")
+        assert result.wire_bytes == len(sent[0][0]) + 5
         return result.code, calls
 
     final, calls = asyncio.run(scenario())
