@@ -9,8 +9,9 @@ floors), so the reconstruction error inside the range is at most half a step.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from math import prod
 
 import numpy as np
 
@@ -93,28 +94,77 @@ def _broadcast_ranges(
     return low.reshape(shape), high.reshape(shape)
 
 
+BLOCK_ELEMENTS = 1 << 20
+"""Elements per float64 temporary of `quantize`/`dequantize` (8 MiB): their extra memory is bounded."""
+
+
+def _blocks(shape: tuple[int, ...]) -> Iterator[tuple[int | slice, ...]]:
+    """Indexes of sub-arrays of at most `BLOCK_ELEMENTS` elements covering ``shape`` (a slice on one axis,
+    single positions on the axes before it; at least one position of that axis per block)."""
+    if not shape:
+        yield ()
+        return
+    axis = 0
+    while axis < len(shape) - 1 and prod(shape[axis + 1:]) > BLOCK_ELEMENTS:
+        axis += 1
+    step = max(1, BLOCK_ELEMENTS // max(1, prod(shape[axis + 1:])))
+    for head in np.ndindex(*shape[:axis]):
+        for start in range(0, shape[axis], step):
+            yield (*head, slice(start, start + step))
+
+
+def _at(a: np.ndarray, index: tuple[int | slice, ...]) -> np.ndarray:
+    """``a`` (broadcastable to the tensor) at the tensor's block ``index``, still broadcastable to the block."""
+    return a[tuple(i if a.shape[d] > 1 else (0 if isinstance(i, int) else slice(None)) for d, i in enumerate(index))]
+
+
 def quantize(
     x: np.ndarray, ranges: Sequence[Range], group_axis: int | None = None,
     bit_depth: int = DEFAULT_BIT_DEPTH,
 ) -> np.ndarray:
-    """Truncate ``x`` to its range(s) and quantize uniformly to ``bit_depth``-bit integers."""
+    """Truncate ``x`` to its range(s) and quantize uniformly to ``bit_depth``-bit integers (uint16, shape of ``x``).
+
+    The rule, in float64: ``q = rint((clip(x, low, high) - low) * (levels / (high - low)))`` with
+    ``levels = 2**bit_depth - 1``; ``rint`` rounds half to even, so a value exactly on a bin edge
+    (``(k + 0.5)`` after scaling) goes to the even level. ``x`` is processed in blocks of at most
+    `BLOCK_ELEMENTS` elements (`_blocks`): the extra memory is one float64 block beside the uint16 output.
+    """
     low, high = _broadcast_ranges(x.ndim, ranges, group_axis)
     if group_axis is not None and len(ranges) > 1 and x.shape[group_axis] != len(ranges):
         raise ShapeError(f"{len(ranges)} ranges for {x.shape[group_axis]} groups on axis {group_axis}")
     levels = (1 << bit_depth) - 1
-    clipped = np.clip(x.astype(np.float64, copy=False), low, high)
-    q = np.rint((clipped - low) * (levels / (high - low)))
-    return q.astype(np.uint16)
+    scale = levels / (high - low)
+    out = np.empty(x.shape, dtype=np.uint16)
+    for index in _blocks(x.shape):
+        lo = _at(low, index)
+        block = np.array(x[index], dtype=np.float64)
+        np.clip(block, lo, _at(high, index), out=block)
+        block -= lo
+        block *= _at(scale, index)
+        out[index] = np.rint(block, out=block)
+        del block  # before the next block is allocated: one block alive at a time
+    return out
 
 
 def dequantize(
     q: np.ndarray, ranges: Sequence[Range], group_axis: int | None = None,
     bit_depth: int = DEFAULT_BIT_DEPTH,
 ) -> np.ndarray:
-    """Map ``bit_depth``-bit integers back to float32 values inside the range(s)."""
+    """Map ``bit_depth``-bit integers back to float32 values inside the range(s): ``float32(q * step + low)``.
+
+    Computed in float64 blocks (as `quantize`), element-wise IEEE operations only, so the result is the
+    same on every CPU; the output is C-contiguous whatever the layout of ``q``.
+    """
     low, high = _broadcast_ranges(q.ndim, ranges, group_axis)
-    levels = (1 << bit_depth) - 1
-    return (q.astype(np.float64) * ((high - low) / levels) + low).astype(np.float32)
+    step = (high - low) / ((1 << bit_depth) - 1)
+    out = np.empty(q.shape, dtype=np.float32)
+    for index in _blocks(q.shape):
+        block = np.array(q[index], dtype=np.float64)
+        block *= _at(step, index)
+        block += _at(low, index)
+        out[index] = block
+        del block
+    return out
 
 
 @dataclass(frozen=True)
@@ -138,4 +188,4 @@ class FramePlan:
     def from_frame(self, frame: np.ndarray) -> np.ndarray:
         """Unpack and dequantize: uint16 2-D frame -> float32 tensor."""
         q = unpack_frame(frame, self.shape, self.spec.packing)
-        return np.ascontiguousarray(dequantize(q, self.ranges, self.spec.group_axis, self.bit_depth))
+        return dequantize(q, self.ranges, self.spec.group_axis, self.bit_depth)
