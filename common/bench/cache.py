@@ -1,12 +1,12 @@
 """The benchmark cache: one JSON record per finished (split, codec, rate, sample) point.
 
 A record lives at ``cache/<split>/<codec>/<rate>/<sample>-<key16>.json``; the key
-hashes everything the result depends on (feature file hash, codec identity and
-parameters, preset, schema version), so a changed input is recomputed and an
-unchanged one is never. Writes are atomic (temporary file + ``os.replace``), so
-a run killed mid-write leaves no half record; task outputs that do not fit JSON
-(masks, images) go in a sibling ``.npz`` written before the JSON that marks the
-point done.
+hashes everything the result depends on (feature file hash, sample, preset, schema
+version and the identities of `identity`: sources, settings, external programs,
+checkpoints), so a changed input is recomputed and an unchanged one is never.
+Writes are atomic (temporary file + ``os.replace``), so a run killed mid-write
+leaves no half record; task outputs that do not fit JSON (masks, images) go in a
+sibling ``.npz`` written before the JSON that marks the point done.
 """
 
 from __future__ import annotations
@@ -17,13 +17,14 @@ import os
 import re
 import tempfile
 from collections.abc import Mapping
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: the key covers the whole coding and tail paths (`identity`); times come from a pass
+without the memory sampler."""
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -34,24 +35,6 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
-
-
-def sha_of_files(paths: list[Path]) -> str:
-    """Short hex SHA-256 over the names and bytes of files (sorted)."""
-    h = hashlib.sha256()
-    for p in sorted(paths):
-        h.update(p.name.encode())
-        h.update(p.read_bytes())
-    return h.hexdigest()[:16]
-
-
-@cache
-def models_identity() -> str:
-    """Hash of the model package sources (features and tail outputs depend on them)."""
-    import splitfc.common.models as models_pkg
-
-    root = Path(next(iter(models_pkg.__path__)))
-    return sha_of_files(list(root.rglob("*.py")))
 
 
 def point_key(fields: Mapping[str, Any]) -> str:

@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from splitfc.common.bench.cache import atomic_write_bytes, file_sha256, models_identity, safe_name
+from splitfc.common.bench.cache import atomic_write_bytes, file_sha256, safe_name
+from splitfc.common.bench.identity import models_identity
 from splitfc.common.errors import SplitfcError
 from splitfc.common.specs import get_split
 

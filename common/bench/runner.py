@@ -3,8 +3,9 @@
 Per split, features come from `features` (extracted or read). The "Original"
 point runs the tail on the uncompressed features; its outputs are the reference
 of the task metric (paper Table 3's first row). Every codec point encodes,
-decodes, measures, runs the tail and stores one cache record (`cache`); the
-analyses and reports are then built from the cache alone.
+decodes, measures, runs the tail and stores one cache record (`cache`) under a
+key of everything the result depends on (`identity`); the analyses and reports
+are then built from the cache alone.
 
 Parallel workers (``jobs > 1``) are spawned processes, each with
 ``max(1, cores // jobs)`` torch threads, so that workers x threads stays within
@@ -13,14 +14,12 @@ the machine's cores; the external codecs (VTM, VVenC, x265) run single-threaded.
 
 from __future__ import annotations
 
-import inspect
 import os
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
-from functools import cache
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -29,14 +28,15 @@ import numpy as np
 
 from splitfc.common.bench import task
 from splitfc.common.bench.aggregate import group_failures
-from splitfc.common.bench.cache import ResultCache, file_sha256, models_identity, point_key, sha_of_files
+from splitfc.common.bench.cache import ResultCache
 from splitfc.common.bench.features import FeatureFile, extract_features, read_feature_dir
+from splitfc.common.bench.identity import ORIGINAL, KeyContext, point_key_for
 from splitfc.common.bench.memory import measure_peak
 from splitfc.common.errors import SplitfcError, UnknownNameError
 from splitfc.common.specs import SPLITS, get_split
 
-ORIGINAL = "original"
-"""Pseudo-codec of the uncompressed reference point."""
+__all__ = ["ORIGINAL", "BenchConfig", "BenchStopped", "BenchSummary", "PointJob", "compute_point", "point_key_for",
+           "run_bench"]
 
 
 class BenchStopped(Exception):
@@ -118,64 +118,6 @@ class BenchSummary:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-# ----------------------------------------------------------------------------- identities
-
-
-@cache
-def codec_identity(name: str) -> dict[str, Any]:
-    """What a codec's results depend on besides its input: source, version, settings."""
-    from splitfc.common.codecs import CODECS
-    from splitfc.common.settings import codec_settings
-
-    cls = CODECS[name]
-    src = inspect.getsourcefile(cls)
-    settings = codec_settings().model_dump(mode="json")
-    settings.pop("codec_timeout_s", None)
-    return {
-        "codec": name,
-        "source": sha_of_files([Path(src)]) if src else None,
-        "version": str(getattr(cls, "version", "")),
-        "settings": settings,
-    }
-
-
-@cache
-def _file_token(path: Path) -> str | None:
-    return file_sha256(path) if path.is_file() else None
-
-
-def codec_point_token(codec: str, split: str, rate: int) -> str | None:
-    """What else a codec's result at (split, rate) depends on: a ``cache_token(split, rate)``
-    classmethod if the codec has one, else the weights of a learned codec whose module
-    defines ``checkpoint_path(split, rate)`` (the hyperprior), else nothing."""
-    import importlib
-
-    from splitfc.common.codecs import CODECS
-
-    cls = CODECS[codec]
-    token = getattr(cls, "cache_token", None)
-    if callable(token):
-        return str(token(split, rate))
-    locate = getattr(importlib.import_module(cls.__module__), "checkpoint_path", None)
-    if callable(locate):
-        try:
-            return _file_token(Path(locate(split, rate)))
-        except (SplitfcError, ValueError, OSError):
-            return None
-    return None
-
-
-def point_key_for(split: str, codec: str, rate: int, sample: str, feature_sha: str, preset: str) -> str:
-    fields: dict[str, Any] = {
-        "split": split, "codec": codec, "rate": rate, "sample": sample, "features": feature_sha,
-        "preset": preset, "models": models_identity(),
-    }
-    if codec != ORIGINAL:
-        fields["codec_identity"] = codec_identity(codec)
-        fields["codec_point"] = codec_point_token(codec, split, rate)
-    return point_key(fields)
 
 
 # ----------------------------------------------------------------------------- one point
@@ -294,6 +236,7 @@ def plan_jobs(config: BenchConfig, cache_: ResultCache, summary: BenchSummary,
     """(reference jobs, codec jobs) over all splits, cached points included."""
     refs: list[PointJob] = []
     jobs: list[PointJob] = []
+    keys = KeyContext(config.preset)
     for split in resolve_splits(config.splits):
         try:
             files = _features_for(config, split)
@@ -301,13 +244,13 @@ def plan_jobs(config: BenchConfig, cache_: ResultCache, summary: BenchSummary,
             summary.skipped_splits[split] = str(exc)
             continue
         for f in files:
-            key = point_key_for(split, ORIGINAL, 0, f.sample, f.sha256, config.preset)
+            key = keys.key(split, ORIGINAL, 0, f.sample, f.sha256)
             refs.append(PointJob(split, ORIGINAL, 0, f.sample, str(f.path), f.sha256, config.preset, key,
                                  str(cache_.root)))
         for codec in codecs:
             for rate in codec_rates(codec, config):
                 for f in files:
-                    key = point_key_for(split, codec, rate, f.sample, f.sha256, config.preset)
+                    key = keys.key(split, codec, rate, f.sample, f.sha256)
                     jobs.append(PointJob(split, codec, rate, f.sample, str(f.path), f.sha256, config.preset, key,
                                          str(cache_.root)))
     return refs, jobs

@@ -1,0 +1,256 @@
+"""The benchmark's cache key covers every input of a result.
+
+For each kind of input (coding-path source, settings, the ffmpeg binary, VTM's
+programs, a hyperprior checkpoint) a test changes it and checks that exactly
+the points depending on it are recomputed and the others reused.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import shutil
+import stat
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from splitfc.common.bench import task
+from splitfc.common.bench.runner import BenchConfig, point_key_for, run_bench
+from splitfc.common.models.base import TaskOutput
+
+# ----------------------------------------------------------------------------- set-up
+
+
+class _ArgmaxModel:
+    def tail(self, features: np.ndarray) -> TaskOutput:
+        means = features.mean(axis=0)
+        return TaskOutput(task="cls", label=int(np.argmax(means)), probs=means.astype(np.float32))
+
+
+def _accuracy(split: str, outputs: list[TaskOutput], refs: list[TaskOutput]) -> task.Score:
+    value = 100.0 * float(np.mean([o.label == r.label for o, r in zip(outputs, refs, strict=True)]))
+    return task.Score(value, "Accuracy", True)
+
+
+@pytest.fixture
+def fake_task(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(task, "split_model", lambda split, preset: _ArgmaxModel())
+    monkeypatch.setattr(task, "score", _accuracy)
+
+
+@pytest.fixture
+def reread_settings() -> Iterator[Callable[[], None]]:
+    """Call after changing SPLITFC_* variables: the settings are read again (as in a new process)."""
+    from splitfc.common import settings
+
+    def clear() -> None:
+        for read in (settings.codec_settings, settings.model_settings, settings.hyperprior_settings):
+            read.cache_clear()
+
+    clear()
+    yield clear
+    clear()
+
+
+def _config(tmp_path: Path, codecs: list[str], **kw: Any) -> BenchConfig:
+    folder = tmp_path / "feats" / "dinov2-cls"
+    if not folder.exists():
+        folder.mkdir(parents=True)
+        rng = np.random.default_rng(7)
+        for i in range(2):
+            np.save(folder / f"s{i}.npy", (rng.standard_t(3, size=(16, 24)) * 2).astype(np.float32))
+    base: dict[str, Any] = dict(splits=["dinov2-cls"], codecs=codecs, output=tmp_path / "out",
+                                features_dir=tmp_path / "feats", samples=2, qps=[42], qualities=[1],
+                                plots=False, progress=False)
+    base.update(kw)
+    return BenchConfig(**base)
+
+
+def _run(config: BenchConfig) -> tuple[int, int, list[tuple[str, int]]]:
+    """(computed, cached, sorted (codec, rate) of the computed points); nothing may fail."""
+    computed: list[tuple[str, int]] = []
+    config.on_point = lambda rec: computed.append((rec["codec"], rec["rate"]))
+    summary = run_bench(config)
+    assert summary.failed == []
+    return summary.computed, summary.cached, sorted(computed)
+
+
+# ----------------------------------------------------------------------------- source of the coding path
+
+
+def test_changed_coding_source_recomputes_the_codec_points(tmp_path: Path, fake_task: None,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import splitfc.common.preprocess as preprocess
+
+    config = _config(tmp_path, ["raw"])
+    assert _run(config)[:2] == (4, 0)  # 2 Original + 2 raw points
+    # The key follows the bytes of preprocess.py, wherever they are read from.
+    copy = tmp_path / "src" / "preprocess.py"
+    copy.parent.mkdir()
+    copy.write_bytes(Path(preprocess.__file__).read_bytes())
+    monkeypatch.setattr(preprocess, "__file__", str(copy))
+    assert _run(config)[:2] == (0, 4)
+    copy.write_bytes(copy.read_bytes() + b"\n# a change to pre-processing\n")
+    assert _run(config) == (2, 2, [("raw", 0), ("raw", 0)])  # the Original points do not code
+
+
+_CODING_MODULES = [
+    "splitfc.common.preprocess", "splitfc.common.bitstream", "splitfc.common.integrity", "splitfc.common.codecs",
+    "splitfc.common.codecs.base", "splitfc.common.codecs._ffmpeg", "splitfc.common.codecs._external",
+    "splitfc.common.codecs.hevc", "splitfc.common.learned.engine", "splitfc.common.learned.checkpoint",
+    "splitfc.common.learned.model", "splitfc.common.learned.payload", "splitfc.v1.bitstream_pb2",
+]
+# Modules the tails run (the models import specs, errors and settings too).
+_TAIL_MODULES = ["splitfc.common.models", "splitfc.common.models.dinov2", "splitfc.common.models._common",
+                 "splitfc.common.bench.task", "splitfc.common.specs", "splitfc.common.errors",
+                 "splitfc.common.settings"]
+
+
+def _keys() -> dict[str, str]:
+    return {codec: point_key_for("dinov2-cls", codec, 42 if codec != "hyperprior" else 1, "s0", "f" * 64, "tiny")
+            for codec in ("original", "raw", "hevc", "hyperprior")}
+
+
+@pytest.mark.parametrize("name", _CODING_MODULES + _TAIL_MODULES)
+def test_every_module_of_the_paths_is_in_the_key(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    module = importlib.import_module(name)
+    before = _keys()
+    copy = tmp_path / Path(module.__file__).name
+    copy.write_bytes(Path(module.__file__).read_bytes() + b"\n# changed\n")
+    monkeypatch.setattr(module, "__file__", str(copy))
+    after = _keys()
+    changed = {codec for codec in before if before[codec] != after[codec]}
+    if name in _TAIL_MODULES:
+        assert changed == set(before)  # every point runs the tail
+    else:
+        assert changed == {"raw", "hevc", "hyperprior"}  # the Original point codes nothing
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+def test_changed_codec_setting_recomputes_the_codec_points(tmp_path: Path, fake_task: None,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           reread_settings: Callable[[], None]) -> None:
+    pytest.importorskip("imageio_ffmpeg")
+    config = _config(tmp_path, ["raw", "hevc"])
+    assert _run(config)[:2] == (6, 0)
+    monkeypatch.setenv("SPLITFC_CODEC_TIMEOUT_S", "123")  # a limit, not an input: nothing to redo
+    reread_settings()
+    assert _run(config)[:2] == (0, 6)
+    monkeypatch.setenv("SPLITFC_X265_PRESET", "superfast")
+    reread_settings()
+    computed, cached, points = _run(config)
+    assert (computed, cached) == (4, 2)  # every codec point (settings are shared), no Original point
+    assert points == [("hevc", 42), ("hevc", 42), ("raw", 0), ("raw", 0)]
+
+
+def test_changed_model_setting_recomputes_every_point(tmp_path: Path, fake_task: None,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      reread_settings: Callable[[], None]) -> None:
+    config = _config(tmp_path, ["raw"])
+    assert _run(config)[:2] == (4, 0)
+    monkeypatch.setenv("SPLITFC_TORCH_THREADS", "1")  # speed only
+    reread_settings()
+    assert _run(config)[:2] == (0, 4)
+    monkeypatch.setenv("SPLITFC_SD3_STEPS", "2")  # changes what the tails compute
+    reread_settings()
+    assert _run(config)[:2] == (4, 0)
+
+
+# ----------------------------------------------------------------------------- external programs
+
+
+def _wrapper(path: Path, target: Path, note: str = "") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f'#!/bin/sh\n{note}exec "{target}" "$@"\n')
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return path
+
+
+def test_changed_ffmpeg_binary_recomputes_its_codecs(tmp_path: Path, fake_task: None,
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     reread_settings: Callable[[], None]) -> None:
+    pytest.importorskip("imageio_ffmpeg")
+    from splitfc.common.codecs._external import ffmpeg_path
+
+    real = ffmpeg_path().resolve()
+    monkeypatch.setenv("SPLITFC_FFMPEG", str(_wrapper(tmp_path / "a" / "ffmpeg", real)))
+    reread_settings()
+    config = _config(tmp_path, ["raw", "hevc"])
+    assert _run(config)[:2] == (6, 0)
+    # The same program elsewhere is the same input.
+    other = _wrapper(tmp_path / "b" / "ffmpeg", real)
+    monkeypatch.setenv("SPLITFC_FFMPEG", str(other))
+    reread_settings()
+    assert _run(config)[:2] == (0, 6)
+    # Another build at the same path (an upgrade in place): the ffmpeg codecs are redone, nothing else.
+    _wrapper(other, real, note="# another build\n")
+    assert _run(config) == (2, 4, [("hevc", 42), ("hevc", 42)])
+
+
+def test_changed_vtm_programs_or_config_change_the_vtm_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             reread_settings: Callable[[], None]) -> None:
+    """VTM is not installed here: stand-in files, keys only."""
+    from splitfc.common.codecs.vtm import CONFIG, DECODER, ENCODER
+
+    folder = tmp_path / "vtm"
+    folder.mkdir()
+    for name in (ENCODER, DECODER, CONFIG):
+        (folder / name).write_text(f"{name} 23.3\n")
+    monkeypatch.setenv("SPLITFC_VTM_DIR", str(folder))
+    reread_settings()
+
+    def key(codec: str) -> str:
+        return point_key_for("dinov2-cls", codec, 32, "s0", "f" * 64, "tiny")
+
+    vtm, vvenc, hevc = key("vtm"), key("vvenc"), key("hevc")
+    (folder / CONFIG).write_text(f"{CONFIG} 23.3 with another GOP\n")
+    assert key("vtm") != vtm
+    vtm = key("vtm")
+    (folder / ENCODER).write_text(f"{ENCODER} 23.4\n")
+    assert key("vtm") != vtm
+    assert (key("vvenc"), key("hevc")) == (vvenc, hevc)  # vvenc decodes with ffmpeg by default
+    monkeypatch.setenv("SPLITFC_VVC_DECODER", "vtm")
+    reread_settings()
+    vvenc = key("vvenc")
+    (folder / DECODER).write_text(f"{DECODER} 23.4\n")
+    assert key("vvenc") != vvenc
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def test_changed_checkpoint_file_recomputes_its_quality(tmp_path: Path, fake_task: None,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        reread_settings: Callable[[], None]) -> None:
+    from splitfc.common.codecs.hyperprior import SHIPPED_DIR
+
+    shutil.copytree(SHIPPED_DIR / "dinov2-cls", tmp_path / "ckpt" / "dinov2-cls")
+    monkeypatch.setenv("SPLITFC_HYPERPRIOR_DIR", str(tmp_path / "ckpt"))
+    reread_settings()
+    config = _config(tmp_path, ["hyperprior"], qualities=[1, 2])
+    assert _run(config)[:2] == (6, 0)
+    # Quality 1's JSON config changes (the weights and their hash do not): quality 1 is redone.
+    cfg_file = tmp_path / "ckpt" / "dinov2-cls" / "q1.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg["command"] = cfg.get("command", "") + " (re-exported)"
+    cfg_file.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    assert _run(config) == (2, 4, [("hyperprior", 1), ("hyperprior", 1)])
+
+
+def test_changed_coding_tables_change_the_hyperprior_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from splitfc.common.learned import checkpoint
+
+    if getattr(checkpoint, "GAUSSIAN_TABLES", None) is None:
+        pytest.skip("this checkpoint loader reads no shared table file")
+    before = _keys()
+    copy = tmp_path / "tables.safetensors"
+    copy.write_bytes(Path(checkpoint.GAUSSIAN_TABLES).read_bytes() + b"\0")
+    monkeypatch.setattr(checkpoint, "GAUSSIAN_TABLES", copy)
+    after = _keys()
+    assert {codec for codec in before if before[codec] != after[codec]} == {"hyperprior"}
