@@ -1,4 +1,4 @@
-"""The benchmark's cache key covers every input of a result.
+"""The benchmark's cache key covers every input of a result; times are taken without the memory sampler.
 
 For each kind of input (coding-path source, settings, the ffmpeg binary, VTM's
 programs, a hyperprior checkpoint) a test changes it and checks that exactly
@@ -12,13 +12,17 @@ import json
 import shutil
 import stat
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
 
-from splitfc.common.bench import task
+from splitfc.common import bitstream
+from splitfc.common.bench import codec_micro, runner, task
+from splitfc.common.bench.memory import PeakMemory
 from splitfc.common.bench.runner import BenchConfig, point_key_for, run_bench
 from splitfc.common.models.base import TaskOutput
 
@@ -254,3 +258,83 @@ def test_changed_coding_tables_change_the_hyperprior_keys(tmp_path: Path, monkey
     monkeypatch.setattr(checkpoint, "GAUSSIAN_TABLES", copy)
     after = _keys()
     assert {codec for codec in before if before[codec] != after[codec]} == {"hyperprior"}
+
+
+# ----------------------------------------------------------------------------- timing without the sampler
+
+
+class _VirtualClock:
+    """Coding calls take 1 s while the memory sampler runs and 10 ms otherwise."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sampling = False
+        self.calls: list[tuple[str, bool]] = []
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    @contextmanager
+    def measure_peak(self, interval: float = 0.005) -> Iterator[PeakMemory]:
+        self.sampling = True
+        try:
+            yield PeakMemory(peak_rss_mb=111.0, peak_alloc_mb=3.0)
+        finally:
+            self.sampling = False
+
+    def slowed(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            out = fn(*args, **kwargs)
+            self.now += 1.0 if self.sampling else 0.010
+            self.calls.append((fn.__name__, self.sampling))
+            return out
+
+        return wrapped
+
+
+def test_bench_times_are_taken_without_the_memory_sampler(tmp_path: Path, fake_task: None,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = _VirtualClock()
+    monkeypatch.setattr(runner, "time", SimpleNamespace(perf_counter=clock.perf_counter))
+    monkeypatch.setattr(runner, "measure_peak", clock.measure_peak)
+    monkeypatch.setattr(bitstream, "encode_features", clock.slowed(bitstream.encode_features))
+    monkeypatch.setattr(bitstream, "decode_features", clock.slowed(bitstream.decode_features))
+    config = _config(tmp_path, ["raw"])
+    records: list[dict[str, Any]] = []
+    config.on_point = records.append
+    run_bench(config)
+    coded = [r for r in records if r["codec"] == "raw"]
+    assert len(coded) == 2
+    for rec in coded:
+        assert rec["encode_ms"] == pytest.approx(10.0) and rec["decode_ms"] == pytest.approx(10.0)
+        assert (rec["peak_rss_mb"], rec["peak_alloc_mb"]) == (111.0, 3.0)  # from the sampled pass
+    # each point: one sampled encode + decode (memory), one unsampled (times)
+    assert sorted(clock.calls) == sorted([("encode_features", True), ("decode_features", True),
+                                          ("encode_features", False), ("decode_features", False)] * 2)
+
+
+def test_bench_codecs_times_are_taken_without_the_memory_sampler(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = _VirtualClock()
+    monkeypatch.setattr(codec_micro, "time", SimpleNamespace(perf_counter=clock.perf_counter))
+    monkeypatch.setattr(codec_micro, "measure_peak", clock.measure_peak)
+    monkeypatch.setattr(codec_micro, "encode_features", clock.slowed(codec_micro.encode_features))
+    monkeypatch.setattr(codec_micro, "decode_features", clock.slowed(codec_micro.decode_features))
+    features = codec_micro.synthetic_features("dinov2-cls")
+    point = codec_micro.measure(features, "dinov2-cls", "raw", 0, repeats=3)
+    assert point.encode_ms == pytest.approx(10.0) and point.decode_ms == pytest.approx(10.0)
+    assert (point.peak_rss_mb, point.peak_alloc_mb) == (111.0, 3.0)
+    assert clock.calls.count(("encode_features", True)) == 1
+    assert clock.calls.count(("encode_features", False)) == 3
+
+
+def test_bench_codecs_digest_time_is_of_the_content_the_decoder_verifies() -> None:
+    features = codec_micro.synthetic_features("dinov2-cls")
+    msg = bitstream.encode_features(features, "dinov2-cls", "raw", 0)
+    with codec_micro.verified_content() as seen:
+        bitstream.decode_features(msg)
+    assert [len(c) for c in seen] == [features.nbytes]  # raw verifies its stored bytes
+    from splitfc.common import integrity
+
+    assert integrity.content_digest(seen[0]) == msg.decoded_digest
+    point = codec_micro.measure(features, "dinov2-cls", "raw", 0)
+    assert point.digest_ms is not None and point.digest_ms > 0

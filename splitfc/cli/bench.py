@@ -50,8 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "bench-codecs", help="codec micro-benchmark on one synthetic paper-sized feature",
-        description="BPFP, feature MSE and encode/decode time per codec and rate on random heavy-tailed "
-        "(Student-t) features of a split's paper shape.",
+        description="BPFP, feature MSE, encode/decode time, integrity-digest time and peak memory per codec "
+        "and rate on random heavy-tailed (Student-t) features of a split's paper shape. Times come from runs "
+        "without the memory sampler; memory from a separate encode + decode.",
     )
     p.add_argument("--split", default="dinov2-cls", help="split whose paper shape to use (default dinov2-cls)")
     p.add_argument("--codecs", type=_csv, default=None, help="comma-separated codecs (default: all registered)")
