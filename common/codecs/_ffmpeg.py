@@ -3,6 +3,13 @@
 A subclass names its encoder, decoder and pixel format and adds its encoder
 options; frames are padded (edge replication) to what the encoders accept and
 cropped back after decoding. ffmpeg reads and writes pipes: no temporary files.
+
+Decoding runs single-threaded (`DECODE_ARGS`): ffmpeg 9.0.2's native VVC decoder is
+not deterministic with its default threading (see ``vvenc``: 20 decodes of one tiny
+Seg payload gave up to 6 different pictures); with one thread it matches VTM's
+decoder bit for bit. HEVC decodes the same way, for the same guarantee. The
+encoders are single-threaded too (each subclass's options), so a payload and its
+reconstruction depend on the input alone.
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ PAD_MULTIPLE = 8
 MIN_SIZE = 32
 MID_GREY_10BIT = 512
 _FFMPEG = ("-hide_banner", "-loglevel", "error", "-nostdin")
+DECODE_ARGS = ("-threads", "1")
+"""Decoder options (before ``-i``): one decoding thread, for a deterministic reconstruction."""
 
 
 @cache
@@ -87,7 +96,7 @@ class FfmpegIntraCodec(FrameCodec):
     def decode_padded(self, payload: bytes, height: int, width: int) -> np.ndarray:
         """Decode the full padded picture (``height`` x ``width``) with ffmpeg."""
         args = [
-            ffmpeg_path(), *_FFMPEG, "-f", self.decoder, "-i", "pipe:0", "-frames:v", "1",
+            ffmpeg_path(), *_FFMPEG, *DECODE_ARGS, "-f", self.decoder, "-i", "pipe:0", "-frames:v", "1",
             "-f", "rawvideo", "-pix_fmt", self.pix_fmt, "pipe:1",
         ]
         out = run_program(args, f"{self.name} decode", stdin=payload)
