@@ -1,7 +1,8 @@
 """``vtm``: the paper's handcrafted baseline, VTM-23.3 intra (paper Section 6.1.2).
 
-Runs ``EncoderAppStatic``/``DecoderAppStatic`` from ``SPLITFC_VTM_DIR`` or PATH
-with ``encoder_intra_vtm.cfg``, InputChromaFormat 400, 10-bit input, internal
+Runs ``EncoderAppStatic``/``DecoderAppStatic`` (or ``EncoderApp``/``DecoderApp``,
+as some builds name them) from ``SPLITFC_VTM_DIR`` or PATH with
+``encoder_intra_vtm.cfg``, InputChromaFormat 400, 10-bit input, internal
 and output depth, ConformanceWindowMode 1 (VTM pads sizes such as 257 itself).
 VTM is in no package registry: build it yourself and point the settings at it.
 """
@@ -24,21 +25,29 @@ from splitfc.common.specs import TruncationColumn
 
 ENCODER = "EncoderAppStatic"
 DECODER = "DecoderAppStatic"
+ALIASES = {ENCODER: ("EncoderAppStatic", "EncoderApp"), DECODER: ("DecoderAppStatic", "DecoderApp")}
+"""Names a VTM build gives its binaries, preferred first (CMake builds write ``*Static``, others drop it)."""
 CONFIG = "encoder_intra_vtm.cfg"
 INSTALL_HINT = (
     "build VTM-23.3 (https://vcgit.hhi.fraunhofer.de/jvet/VVCSoftware_VTM) and set SPLITFC_VTM_DIR to the folder "
-    f"holding {ENCODER} and {DECODER} (or put them on PATH), and SPLITFC_VTM_CONFIG to {CONFIG} if it is not in "
-    "that folder or ../cfg"
+    f"holding {ENCODER} and {DECODER} (or EncoderApp and DecoderApp; or put them on PATH), and SPLITFC_VTM_CONFIG "
+    f"to {CONFIG} if it is not in that folder or ../cfg"
 )
 
 
 def _find_binary(name: str) -> Path | None:
+    """``name`` or its alias (`ALIASES`) in SPLITFC_VTM_DIR, else on PATH; the first found wins."""
     folder = codec_settings().vtm_dir
-    if folder is not None:
-        candidate = Path(folder) / name
-        return candidate if candidate.is_file() else None
-    found = shutil.which(name)
-    return Path(found) if found else None
+    for candidate_name in ALIASES.get(name, (name,)):
+        if folder is not None:
+            candidate = Path(folder) / candidate_name
+            if candidate.is_file():
+                return candidate
+            continue
+        found = shutil.which(candidate_name)
+        if found:
+            return Path(found)
+    return None
 
 
 def _find_config() -> Path | None:
@@ -111,7 +120,7 @@ class VtmCodec(FrameCodec):
 
 
 def vtm_decode_frame(payload: bytes, height: int, width: int, bit_depth: int = 10) -> np.ndarray:
-    """Decode a VVC bitstream with VTM's DecoderAppStatic into a ``height`` x ``width`` luma frame."""
+    """Decode a VVC bitstream with VTM's decoder (DecoderAppStatic) into a ``height`` x ``width`` luma frame."""
     _, decoder, _ = vtm_tools()
     with tempfile.TemporaryDirectory(prefix="splitfc-vtm-") as tmp:
         bitstream, yuv = Path(tmp) / "in.bin", Path(tmp) / "out.yuv"
