@@ -5,10 +5,16 @@ both chroma planes are flat (mid-grey), which costs almost no bits. The intra
 QP offset is 0 and perceptual QP adaptation is off so a QP means what it means
 for VTM. The payload is a standard VVC (Annex B) bitstream.
 
-Decoding uses ffmpeg's native VVC decoder, or VTM's DecoderAppStatic with
-``SPLITFC_VVC_DECODER=vtm``: ffmpeg 9.0.2's decoder mis-decodes some VVenC
-(medium preset) pictures in places (seen on tiny DINOv2 Seg frames: the last
-two rows of a 130-row frame) where VTM's decoder reproduces the encoder exactly.
+Decoding uses ffmpeg's native VVC decoder with one thread (``-threads 1`` in the
+shared ``decode_padded``), or VTM's DecoderAppStatic with ``SPLITFC_VVC_DECODER=vtm``.
+ffmpeg 9.0.2's VVC decoder is not deterministic with its default threading: on
+tiny DINOv2 Seg frames (130x128, padded to 136x128; medium preset, 128x128
+CTUs) 20 decodes of one payload gave 2 to 6 different pictures, and 15 of 20
+frames (4 samples x 5 QPs) differed from VTM-23.3's decode by up to 800 levels
+from the second CTU row on. It is a race in the decoder's threads, not a coding
+tool (turning tools off one at a time did not remove it): with one thread,
+ffmpeg's decode equals VTM's bit for bit on all of those frames.
+tests/test_codec_determinism.py checks both (the VTM part where VTM is installed).
 """
 
 from __future__ import annotations
