@@ -33,6 +33,7 @@ from splitfc.common.codecs import CODECS
 from splitfc.common.errors import ShapeError, SplitfcError
 from splitfc.common.models.base import SplitModel
 from splitfc.common.specs import SPLITS
+from splitfc.common.tasks import get_task
 from splitfc.common.wire import task_result_to_proto
 from splitfc.v1 import bitstream_pb2 as bpb
 from splitfc.v1 import service_pb2 as svc
@@ -143,7 +144,7 @@ class InferenceEngine:
             shape = [0 if d is None else int(d) for d in model.expected_shape()] if model is not None else []
             splits.append(svc.SplitInfo(
                 split=split_id, family=spec.family, task=spec.task, feature_shape=shape,
-                max_elements=self.max_elements(split_id), metric=spec.metric,
+                max_elements=self.max_elements(split_id), metric=get_task(spec.task).metric,
                 model=(getattr(model, "model_name", "") or type(model).__name__) if model is not None else "",
             ))
         codecs = [

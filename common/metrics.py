@@ -224,57 +224,24 @@ def fid(predicted: Sequence[np.ndarray], reference: Sequence[np.ndarray], weight
 # --------------------------------------------------------------------------------------------
 
 
-def _reference_values(task: str, references: Sequence[Any]) -> tuple[list[Any], str]:
-    """Reference values out of TaskOutputs (pipeline reference) or raw ground truth."""
-    if all(isinstance(r, TaskOutput) for r in references):
-        field = {"cls": "label", "csr": "label", "seg": "mask", "dpt": "depth", "tti": "image"}[task]
-        return [getattr(r, field) for r in references], "uncompressed pipeline"
-    if any(isinstance(r, TaskOutput) for r in references):
-        raise ValueError("references mix pipeline outputs and ground truth")
-    if any(r is None for r in references):
-        raise ValueError("a reference is missing (no ground truth): score against the uncompressed pipeline")
-    if task == "tti":
-        from splitfc.common.models._common import to_rgb_array
-
-        return [to_rgb_array(r) for r in references], "ground truth"
-    return list(references), "ground truth"
-
-
 def score_outputs(split_id: str, outputs: Sequence[TaskOutput], references: Sequence[Any]) -> dict[str, Any]:
-    """Score task outputs of a split against references; the task metric under stable keys.
+    """Score task outputs of a split against references with its task's metric (paper Table 2).
 
     ``references``: `TaskOutput`s of the same pipeline on uncompressed features, or ground
     truth (class ids, masks, depth maps in metres, answer indices, images or image paths).
     Returns ``{"metric", "value", "higher_is_better", "reference", "samples"}``; TTI adds
     ``psnr_db`` where it applies and ``fid_unavailable`` (the reason) when FID cannot run.
     """
-    spec = get_split(split_id)
-    task = spec.task
-    _check_lengths(outputs, references)
-    ref, kind = _reference_values(task, references)
-    result: dict[str, Any] = {"reference": kind, "samples": len(outputs)}
-    if task == "cls":
-        result.update(metric="top-1 accuracy", value=top1_accuracy([o.label for o in outputs], ref))
-    elif task == "csr":
-        result.update(metric="accuracy", value=csr_accuracy([o.label for o in outputs], ref))
-    elif task == "seg":
-        result.update(metric="mIoU", value=miou([o.mask for o in outputs], ref))
-    elif task == "dpt":
-        result.update(metric="RMSE", value=rmse([o.depth for o in outputs], ref))
-    else:
-        images = [o.image for o in outputs]
-        reason = fid_unavailable_reason()
-        if kind == "uncompressed pipeline":
-            result["psnr_db"] = psnr(images, ref)
-        if reason is None and len(images) >= 2:
-            result.update(metric="FID", value=fid(images, ref))
-        elif kind == "ground truth":
-            why = reason or "FID needs at least 2 images"
-            raise FidUnavailableError(f"cannot score TTI against ground-truth images: {why}")
-        else:
-            result.update(metric="PSNR", value=result["psnr_db"])
-            result["fid_unavailable"] = reason or "FID needs at least 2 images"
-    higher = {"top-1 accuracy": True, "accuracy": True, "mIoU": True, "RMSE": False, "FID": False, "PSNR": True}
-    result["higher_is_better"] = higher[result["metric"]]
-    return result
+    from splitfc.common.tasks import get_task
 
+    task = get_task(get_split(split_id).task)
+    _check_lengths(outputs, references)
+    if all(isinstance(r, TaskOutput) for r in references):
+        ref, kind = [getattr(r, task.output_field) for r in references], "uncompressed pipeline"
+    elif any(isinstance(r, TaskOutput) for r in references):
+        raise ValueError("references mix pipeline outputs and ground truth")
+    elif any(r is None for r in references):
+        raise ValueError("a reference is missing (no ground truth): score against the uncompressed pipeline")
+    else:
+        ref, kind = task.ground_truth(references), "ground truth"
+    return {"reference": kind, "samples": len(outputs), **task.score(outputs, ref, kind)}

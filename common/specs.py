@@ -1,7 +1,8 @@
 """Split specs: everything that is true of one split point, looked up by id.
 
-Shapes, truncation ranges (paper Table 4) and the packing rule live here and
-nowhere else. Layout names follow the paper's dataset:
+`SplitSpec` (shapes, truncation ranges of paper Table 4, packing rule) and the
+registry `SPLITS` live here; each model family registers its split points in
+``common/splits/<family>.py``. Layout names follow the paper's dataset:
 
 * ``dinov2-cls``  tokens x channels              (257 x 1536)
 * ``dinov2-seg``  views x tokens x channels      (2 x 1370 x 1536)
@@ -89,98 +90,16 @@ def format_shape(shape: tuple[int | None, ...]) -> str:
     return "x".join("N" if s is None else str(s) for s in shape)
 
 
-SPLITS: dict[str, SplitSpec] = {
-    spec.id: spec
-    for spec in (
-        SplitSpec(
-            id="dinov2-cls",
-            family="dinov2",
-            task="cls",
-            split_point="SPDS: output of the last ViT block (40th of ViT-g)",
-            layout=("tokens", "channels"),
-            paper_shape=(257, 1536),
-            packing=Packing.AS_IS,
-            truncation={
-                TruncationColumn.VTM: ((-20.0, 20.0),),
-                TruncationColumn.HYPERPRIOR: ((-5.0, 5.0),),
-            },
-            original_range=((-542.30, 94.14),),
-            group_axis=None,
-            head="norm + linear on [CLS, mean of patch tokens]",
-            metric="top-1 accuracy",
-        ),
-        SplitSpec(
-            id="dinov2-seg",
-            family="dinov2",
-            task="seg",
-            split_point="SPDS: output of the last ViT block (40th of ViT-g)",
-            layout=("views", "tokens", "channels"),
-            paper_shape=(2, 1370, 1536),
-            packing=Packing.STACK_VIEWS,
-            truncation={
-                TruncationColumn.VTM: ((-20.0, 20.0),),
-                TruncationColumn.HYPERPRIOR: ((-5.0, 5.0),),
-            },
-            original_range=((-506.97, 105.95),),
-            group_axis=None,
-            head="norm + linear per patch token, upsampled",
-            metric="mIoU",
-        ),
-        SplitSpec(
-            id="dinov2-dpt",
-            family="dinov2",
-            task="dpt",
-            split_point="SPDM: outputs of blocks 10/20/30/40 (1/4..4/4 of the depth)",
-            layout=("views", "layers", "tokens", "channels"),
-            paper_shape=(2, 4, 1611, 1536),
-            packing=Packing.VIEWS_LAYERS,
-            truncation={
-                TruncationColumn.VTM: ((-1.0, 1.0), (-2.0, 2.0), (-10.0, 10.0), (-20.0, 20.0)),
-                TruncationColumn.HYPERPRIOR: ((-1.0, 1.0), (-2.0, 2.0), (-10.0, 10.0), (-10.0, 10.0)),
-            },
-            original_range=((-2.38, 3.27), (-26.44, 5.03), (-323.30, 25.05), (-504.43, 100.27)),
-            group_axis=1,
-            head="linear4 over the four layers (depth by bins)",
-            metric="RMSE",
-            metric_higher_is_better=False,
-        ),
-        SplitSpec(
-            id="llama3-csr",
-            family="llama3",
-            task="csr",
-            split_point="SPG: output of the last decoder layer (32nd of 8B)",
-            layout=("tokens", "channels"),
-            paper_shape=(None, 4096),
-            packing=Packing.AS_IS,
-            truncation={
-                TruncationColumn.VTM: ((-5.0, 5.0),),
-                TruncationColumn.HYPERPRIOR: ((-5.0, 5.0),),
-            },
-            original_range=((-71.50, 47.75),),
-            group_axis=None,
-            head="final norm + LM head + softmax over answer letters",
-            metric="accuracy",
-        ),
-        SplitSpec(
-            id="sd3-tti",
-            family="sd3",
-            task="tti",
-            split_point="SPH: input of the VAE decoder",
-            layout=("channels", "height", "width"),
-            paper_shape=(16, 128, 128),
-            packing=Packing.TILE_CHANNELS,
-            truncation={
-                TruncationColumn.VTM: ((-5.79, 4.46),),
-                TruncationColumn.HYPERPRIOR: ((-5.79, 4.46),),
-            },
-            original_range=((-5.79, 4.46),),
-            group_axis=None,
-            head="VAE decoder",
-            metric="FID (PSNR without Inception weights)",
-            metric_higher_is_better=False,
-        ),
-    )
-}
+SPLITS: dict[str, SplitSpec] = {}
+"""Registered split points by id, in registration order (``common/splits/<family>.py``)."""
+
+
+def register_split(spec: SplitSpec) -> SplitSpec:
+    """Add a split point to `SPLITS` (ids are unique)."""
+    if spec.id in SPLITS:
+        raise ValueError(f"split {spec.id!r} registered twice")
+    SPLITS[spec.id] = spec
+    return spec
 
 
 def get_split(split_id: str) -> SplitSpec:
@@ -191,3 +110,13 @@ def get_split(split_id: str) -> SplitSpec:
         raise UnknownNameError(
             f"unknown split {split_id!r}; valid splits: {', '.join(SPLITS)}"
         ) from None
+
+
+def _import_split_modules() -> None:
+    """Import ``splitfc.common.splits``: each of its modules registers one family's split points."""
+    import importlib
+
+    importlib.import_module("splitfc.common.splits")
+
+
+_import_split_modules()

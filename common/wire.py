@@ -1,7 +1,8 @@
 """Task outputs on the wire: `TaskOutput` <-> ``splitfc.v1.TaskResult`` (service.proto).
 
 The cloud turns a model's `TaskOutput` into a `TaskResult`; the edge turns it
-back. Arrays travel as little-endian bytes with shape and dtype; images as PNG.
+back; each task fills its own field (`splitfc.common.tasks`). Arrays travel as
+little-endian bytes with shape and dtype; images as PNG.
 """
 
 from __future__ import annotations
@@ -74,59 +75,25 @@ def top_k(probs: np.ndarray, k: int = TOP_K) -> tuple[list[int], list[float]]:
 
 
 def task_result_to_proto(out: TaskOutput) -> svc.TaskResult:
-    """Encode a model's task output for the response."""
+    """Encode a model's task output for the response (the task's own field of ``TaskResult``)."""
+    from splitfc.common.tasks import get_task
+
+    try:
+        task = get_task(out.task)
+    except SplitfcError:
+        raise SplitfcError(f"unknown task {out.task!r}") from None
     res = svc.TaskResult(task=out.task)
-    if out.task == "cls":
-        if out.label is None or out.probs is None:
-            raise SplitfcError("cls output needs label and probs")
-        ids, ps = top_k(out.probs)
-        res.classification.CopyFrom(
-            svc.Classification(label=int(out.label), top5_ids=ids, top5_probs=ps, num_classes=int(np.size(out.probs)))
-        )
-    elif out.task == "seg":
-        if out.mask is None:
-            raise SplitfcError("seg output needs a mask")
-        res.segmentation.mask.CopyFrom(array_to_proto(np.asarray(out.mask)))
-    elif out.task == "dpt":
-        if out.depth is None:
-            raise SplitfcError("dpt output needs a depth map")
-        res.depth.depth.CopyFrom(array_to_proto(np.asarray(out.depth, dtype=np.float32)))
-    elif out.task == "csr":
-        if out.label is None or out.probs is None:
-            raise SplitfcError("csr output needs label and probs")
-        choices = list(out.choices) or [chr(ord("A") + i) for i in range(np.size(out.probs))]
-        res.answer.CopyFrom(
-            svc.Answer(
-                letter=choices[int(out.label)], index=int(out.label), choices=choices,
-                probs=[float(p) for p in np.ravel(out.probs)],
-            )
-        )
-    elif out.task == "tti":
-        if out.image is None:
-            raise SplitfcError("tti output needs an image")
-        img = np.asarray(out.image)
-        res.image.CopyFrom(svc.GeneratedImage(png=png_bytes(img), height=img.shape[0], width=img.shape[1]))
-    else:
-        raise SplitfcError(f"unknown task {out.task!r}")
+    task.to_proto(out, res)
     return res
 
 
 def task_result_from_proto(res: svc.TaskResult) -> TaskOutput:
-    """Decode a response's task result. cls ``probs`` holds the top-5 only (others 0)."""
+    """Decode a response's task result by the output field it carries (cls ``probs``: the top 5 only)."""
+    from splitfc.common.tasks import TASKS, task_for_proto_field
+
     kind = res.WhichOneof("output")
-    if kind == "classification":
-        c = res.classification
-        probs = np.zeros(max(c.num_classes, (max(c.top5_ids) + 1) if c.top5_ids else 0), dtype=np.float32)
-        probs[list(c.top5_ids)] = list(c.top5_probs)
-        return TaskOutput(task=res.task, label=int(c.label), probs=probs)
-    if kind == "segmentation":
-        return TaskOutput(task=res.task, mask=array_from_proto(res.segmentation.mask))
-    if kind == "depth":
-        return TaskOutput(task=res.task, depth=array_from_proto(res.depth.depth))
-    if kind == "answer":
-        a = res.answer
-        probs = np.asarray(a.probs, np.float32)
-        return TaskOutput(task=res.task, label=int(a.index), probs=probs, choices=list(a.choices))
-    if kind == "image":
-        return TaskOutput(task=res.task, image=png_decode(res.image.png))
-    raise SplitfcError(f"task result for {res.task!r} carries no output")
+    named = TASKS.get(res.task)
+    task = named if named is not None and named.proto_field == kind else task_for_proto_field(kind) if kind else None
+    if task is None:
+        raise SplitfcError(f"task result for {res.task[:32]!r} carries no output")
+    return task.from_proto(res)

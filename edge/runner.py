@@ -112,12 +112,10 @@ def percentiles(values: Sequence[float]) -> dict[str, float | None]:
 
 
 def prediction_summary(out: TaskOutput) -> Any:
-    if out.task == "cls":
-        return {"label": out.label}
-    if out.task == "csr":
-        return {"label": out.label, "letter": out.choices[out.label] if out.choices and out.label is not None else None}
-    arr = out.mask if out.task == "seg" else out.depth if out.task == "dpt" else out.image
-    return {"shape": list(np.shape(arr))}
+    """Compact view of one task output (its task's `Task.summary`)."""
+    from splitfc.common.tasks import get_task
+
+    return get_task(out.task).summary(out)
 
 
 class ReferenceCache:
@@ -193,8 +191,10 @@ def score(split: str, outputs: list[TaskOutput], references: list[Any]) -> dict[
     try:
         return dict(score_outputs(split, outputs, references))
     except (SplitfcError, ValueError) as exc:
-        spec = get_split(split)
-        return {"metric": spec.metric, "value": None, "higher_is_better": spec.metric_higher_is_better,
+        from splitfc.common.tasks import get_task
+
+        task = get_task(get_split(split).task)
+        return {"metric": task.metric, "value": None, "higher_is_better": task.higher_is_better,
                 "samples": len(outputs), "error": str(exc)}
 
 

@@ -1,8 +1,9 @@
 """Split models by split id and preset.
 
 ``get_split_model("dinov2-cls", "tiny")`` builds (once per process) the model of a
-split: ``head`` (edge part), ``tail`` (cloud part + task head). Families:
-`dinov2` (dinov2-cls, dinov2-seg, dinov2-dpt), `llama3` (llama3-csr), `sd3` (sd3-tti).
+split: ``head`` (edge part), ``tail`` (cloud part + task head). A family is one
+module ``common/models/<family>.py`` that calls `register_family` (its split points
+are in ``common/splits/<family>.py``): `dinov2`, `llama3`, `sd3`.
 Presets: ``tiny`` (seeded random weights, offline) and ``paper`` (real checkpoints).
 """
 
@@ -10,13 +11,17 @@ from __future__ import annotations
 
 import importlib
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from splitfc.common.errors import UnknownNameError
 from splitfc.common.models.base import PRESETS, MultipleChoice, Prompt, Sample, SplitModel, TaskOutput
 from splitfc.common.specs import get_split
 
-FAMILY_MODULES = {"dinov2": "dinov2", "llama3": "llama3", "sd3": "sd3"}
+FamilyBuilder = Callable[..., SplitModel]
+FAMILIES: dict[str, FamilyBuilder] = {}
+"""Model families by name: ``build(split_id, preset, **overrides)``. A family module
+``splitfc.common.models.<family>`` registers itself when first needed."""
 
 _CACHE: dict[tuple[str, str], SplitModel] = {}
 _LOCK = threading.Lock()
@@ -29,13 +34,33 @@ def check_preset(preset: str) -> str:
     return preset
 
 
+def register_family(name: str, build: FamilyBuilder) -> FamilyBuilder:
+    """Register a model family's builder (family modules call this on import)."""
+    if name in FAMILIES and FAMILIES[name] is not build:
+        raise ValueError(f"model family {name!r} registered twice")
+    FAMILIES[name] = build
+    return build
+
+
+def family_builder(family: str) -> FamilyBuilder:
+    """The builder of ``family``, importing ``splitfc.common.models.<family>`` on first use."""
+    if family not in FAMILIES:
+        try:
+            importlib.import_module(f"{__name__}.{family}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{family}":
+                raise
+        if family not in FAMILIES:
+            raise UnknownNameError(f"no model family {family!r} (expected module {__name__}.{family})")
+    return FAMILIES[family]
+
+
 def build_split_model(split_id: str, preset: str = "tiny", **overrides: Any) -> SplitModel:
     """Build a fresh split model (no cache). ``overrides`` go to the family's ``build``
     (e.g. ``source=`` a checkpoint folder or hub id, ``heads=`` the DINOv2 heads folder)."""
     spec = get_split(split_id)
     check_preset(preset)
-    module = importlib.import_module(f"{__name__}.{FAMILY_MODULES[spec.family]}")
-    return module.build(split_id, preset, **overrides)
+    return family_builder(spec.family)(split_id, preset, **overrides)
 
 
 def get_split_model(split_id: str, preset: str = "tiny", **overrides: Any) -> SplitModel:
@@ -65,6 +90,7 @@ def tiny_samples(split_id: str, n: int, train: bool = False) -> list[Sample]:
 
 
 __all__ = [
+    "FAMILIES",
     "PRESETS",
     "MultipleChoice",
     "Prompt",
@@ -73,6 +99,8 @@ __all__ = [
     "TaskOutput",
     "build_split_model",
     "check_preset",
+    "family_builder",
     "get_split_model",
+    "register_family",
     "tiny_samples",
 ]

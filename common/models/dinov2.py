@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from splitfc.common.errors import SplitfcError
+from splitfc.common.models import register_family
 from splitfc.common.models._common import (
     heads_dir,
     load_head_file,
@@ -338,3 +339,6 @@ def build(
     _load_published_head(task_head, spec.task, head_state)
     name = str(getattr(backbone, "name_or_path", "") or HUB_ID)
     return Dinov2Split(spec, preset, backbone, task_head.to(backbone.dtype), geometry, model_name=name)
+
+
+register_family("dinov2", build)

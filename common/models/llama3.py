@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from splitfc.common.errors import SplitfcError
+from splitfc.common.models import register_family
 from splitfc.common.models._common import load_pretrained, setup_torch, torch_dtype
 from splitfc.common.models.base import MultipleChoice, SplitModel, TaskOutput, check_features
 from splitfc.common.specs import SplitSpec, get_split
@@ -159,3 +160,6 @@ def build(split_id: str, preset: str, source: str | os.PathLike | None = None) -
     tokenizer = load_pretrained(AutoTokenizer, HUB_ID, source)
     model = load_pretrained(LlamaForCausalLM, HUB_ID, source, dtype=torch_dtype())
     return Llama3Split(spec, preset, model, tokenizer)
+
+
+register_family("llama3", build)

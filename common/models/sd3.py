@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from splitfc.common.errors import SplitfcError
+from splitfc.common.models import register_family
 from splitfc.common.models._common import load_pretrained, setup_torch, torch_dtype
 from splitfc.common.models.base import Prompt, SplitModel, TaskOutput, check_features
 from splitfc.common.settings import model_settings
@@ -190,3 +191,6 @@ def build(
 
     pipeline = load_pretrained(StableDiffusion3Pipeline, HUB_ID, source, dtype=torch_dtype())
     return SD3Split(spec, preset, pipeline, sampling or SAMPLING["paper"])
+
+
+register_family("sd3", build)

@@ -16,6 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_splits(args: argparse.Namespace) -> int:
     from splitfc.common.specs import SPLITS, format_shape
+    from splitfc.common.tasks import get_task
 
     rows = [
         {
@@ -27,7 +28,7 @@ def cmd_splits(args: argparse.Namespace) -> int:
             "paper_shape": format_shape(spec.paper_shape),
             "packing": spec.packing.value,
             "head": spec.head,
-            "metric": spec.metric,
+            "metric": get_task(spec.task).metric,
             "original_range": [list(r) for r in spec.original_range],
             "truncation": {col.value: [list(r) for r in ranges] for col, ranges in spec.truncation.items()},
         }

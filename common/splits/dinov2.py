@@ -1,0 +1,69 @@
+"""DINOv2 split points (paper Table 1): Cls and Seg after the last block (SPDS), Dpt at four depths (SPDM).
+
+The model family is `splitfc.common.models.dinov2`.
+"""
+
+from __future__ import annotations
+
+from splitfc.common.specs import Packing, SplitSpec, TruncationColumn, register_split
+
+register_split(
+    SplitSpec(
+        id="dinov2-cls",
+        family="dinov2",
+        task="cls",
+        split_point="SPDS: output of the last ViT block (40th of ViT-g)",
+        layout=("tokens", "channels"),
+        paper_shape=(257, 1536),
+        packing=Packing.AS_IS,
+        truncation={
+            TruncationColumn.VTM: ((-20.0, 20.0),),
+            TruncationColumn.HYPERPRIOR: ((-5.0, 5.0),),
+        },
+        original_range=((-542.30, 94.14),),
+        group_axis=None,
+        head="norm + linear on [CLS, mean of patch tokens]",
+        metric="top-1 accuracy",
+    )
+)
+
+register_split(
+    SplitSpec(
+        id="dinov2-seg",
+        family="dinov2",
+        task="seg",
+        split_point="SPDS: output of the last ViT block (40th of ViT-g)",
+        layout=("views", "tokens", "channels"),
+        paper_shape=(2, 1370, 1536),
+        packing=Packing.STACK_VIEWS,
+        truncation={
+            TruncationColumn.VTM: ((-20.0, 20.0),),
+            TruncationColumn.HYPERPRIOR: ((-5.0, 5.0),),
+        },
+        original_range=((-506.97, 105.95),),
+        group_axis=None,
+        head="norm + linear per patch token, upsampled",
+        metric="mIoU",
+    )
+)
+
+register_split(
+    SplitSpec(
+        id="dinov2-dpt",
+        family="dinov2",
+        task="dpt",
+        split_point="SPDM: outputs of blocks 10/20/30/40 (1/4..4/4 of the depth)",
+        layout=("views", "layers", "tokens", "channels"),
+        paper_shape=(2, 4, 1611, 1536),
+        packing=Packing.VIEWS_LAYERS,
+        truncation={
+            TruncationColumn.VTM: ((-1.0, 1.0), (-2.0, 2.0), (-10.0, 10.0), (-20.0, 20.0)),
+            TruncationColumn.HYPERPRIOR: ((-1.0, 1.0), (-2.0, 2.0), (-10.0, 10.0), (-10.0, 10.0)),
+        },
+        original_range=((-2.38, 3.27), (-26.44, 5.03), (-323.30, 25.05), (-504.43, 100.27)),
+        group_axis=1,
+        head="linear4 over the four layers (depth by bins)",
+        metric="RMSE",
+        metric_higher_is_better=False,
+    )
+)
