@@ -29,6 +29,7 @@ import numpy as np
 from splitfc import __version__
 from splitfc.common.bitstream import bitstream_stats, encode_features
 from splitfc.common.codecs import get_codec
+from splitfc.common.codecs.raw import RawCodec
 from splitfc.common.errors import SplitfcError
 from splitfc.common.models.base import Sample, SplitModel, TaskOutput
 from splitfc.common.specs import get_split
@@ -53,6 +54,8 @@ class EdgeRunConfig:
     data: Path | None = None
     concurrency: int = 1
     deadline_s: float | None = None
+    raw_dtype: str | None = None
+    """``raw`` codec only: the stored dtype (float32, float16, bfloat16); None keeps the features' dtype."""
 
 
 @dataclass
@@ -208,7 +211,9 @@ async def run_edge(
     """Run the edge for ``config``; return the report (JSON-able dict)."""
     settings = settings or EdgeSettings()
     spec = get_split(config.split)
-    codec = get_codec(config.codec)
+    codec = RawCodec(store_dtype=config.raw_dtype) if config.codec == "raw" else get_codec(config.codec)
+    if config.raw_dtype is not None and config.codec != "raw":
+        raise SplitfcError(f"raw_dtype applies to the raw codec only, not {config.codec}")
     codec.require_available()
     if codec.rate_name != "none":
         codec.check_rate(config.qp)

@@ -20,6 +20,7 @@ import pytest
 from _serving import BlockingModel, ServerThread, cloud_settings
 
 from splitfc.cli import main
+from splitfc.common.errors import SplitfcError
 from splitfc.common.jsonlog import json_logger
 from splitfc.common.models import get_split_model, tiny_samples
 from splitfc.edge.client import EdgeClient
@@ -98,6 +99,22 @@ def test_reference_cache_is_reused(cloud: ServerThread, tmp_path: Path) -> None:
     assert cached is not None and cached.label == ref.label
     np.testing.assert_array_equal(cached.probs, ref.probs)
     assert cache.get(sample.id, "0" * 16) is None  # another model or input misses
+
+
+@pytest.mark.parametrize(("raw_dtype", "bpfp"), [(None, 32.0), ("float16", 16.0), ("bfloat16", 16.0)])
+def test_raw_dtype_sets_the_stored_precision(cloud: ServerThread, tmp_path: Path, raw_dtype, bpfp) -> None:
+    config = EdgeRunConfig(server=cloud.endpoints.grpc_target, split="dinov2-cls", codec="raw", samples=2,
+                           raw_dtype=raw_dtype)
+    report = run(config, edge_settings(tmp_path))
+    assert report["summary"]["ok"] == 2
+    assert all(r["bpfp"] == bpfp for r in report["requests"])
+
+
+def test_raw_dtype_with_another_codec_is_refused(cloud: ServerThread, tmp_path: Path) -> None:
+    config = EdgeRunConfig(server=cloud.endpoints.grpc_target, split="dinov2-cls", codec="hevc", qp=32, samples=1,
+                           raw_dtype="float16")
+    with pytest.raises(SplitfcError, match="raw_dtype applies to the raw codec only"):
+        run(config, edge_settings(tmp_path))
 
 
 def test_large_bitstreams_go_chunked(cloud: ServerThread, tmp_path: Path) -> None:

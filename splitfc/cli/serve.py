@@ -55,6 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--server", required=True, metavar="HOST:PORT", help="cloud gRPC address")
     p.add_argument("--split", required=True, help="split id, e.g. dinov2-cls")
     p.add_argument("--codec", required=True, help="codec name (see splitfc codecs)")
+    p.add_argument("--raw-dtype", choices=["float32", "float16", "bfloat16"], help="raw codec: stored dtype")
     p.add_argument("--qp", type=int, default=None, help="rate: QP (vvenc/hevc/vtm) or quality index; raw: omit")
     p.add_argument("--samples", type=_positive_int, default=8, help="number of samples (default 8)")
     p.add_argument("--preset", choices=["tiny", "paper"], default="tiny", help="model preset (default tiny)")
@@ -147,6 +148,7 @@ def cmd_edge_run(args: argparse.Namespace) -> int:
         logger = silent_logger("splitfc.edge.requests")
     config = EdgeRunConfig(
         server=args.server, split=args.split, codec=args.codec, qp=qp, samples=args.samples, preset=args.preset,
+        raw_dtype=args.raw_dtype,
         data=args.data, concurrency=args.concurrency, deadline_s=args.deadline,
     )
 

@@ -8,9 +8,8 @@ report of ``run_edge`` over the first ``limit`` samples (all when null) at concu
 ``splitfc edge run``'s own head -> encode -> `EdgeClient.infer` -> decode per request, on one
 fresh channel per command; or ``{"error": ...}``.
 
-Raw features stored as float16 (the second baseline) have no codec name of their own:
-``run_edge`` builds its codec by name (`get_codec`), so this process registers ``raw-float16``
-(`RawCodec` with ``store_dtype="float16"``; its bitstreams still say ``raw``) in its own registry.
+Raw features stored as float16 (the second baseline) are ``codec="raw"`` with
+``raw_dtype="float16"`` (`EdgeRunConfig.raw_dtype`).
 """
 
 from __future__ import annotations
@@ -23,21 +22,6 @@ from typing import Any
 
 from splitfc.common.errors import SplitfcError
 from splitfc.netbench.link import End, stop_process
-
-
-def _raw_codec_key(store_dtype: str) -> str:
-    """Registry key of raw features stored as ``store_dtype``, registered in this process on first use."""
-    from splitfc.common.codecs import CODECS
-    from splitfc.common.codecs.raw import RawCodec
-
-    key = f"raw-{store_dtype}"
-    if key not in CODECS:
-        class StoredRaw(RawCodec):
-            def __init__(self) -> None:
-                super().__init__(store_dtype=store_dtype)
-
-        CODECS[key] = StoredRaw
-    return key
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -62,9 +46,9 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
         cmd = json.loads(line)
-        codec = _raw_codec_key(cmd["raw_dtype"]) if cmd.get("raw_dtype") else cmd["codec"]
         chosen = inputs[: cmd.get("limit")]
-        config = replace(base, codec=codec, qp=int(cmd["qp"]), samples=len(chosen))
+        config = replace(base, codec=cmd["codec"], qp=int(cmd["qp"]), samples=len(chosen),
+                         raw_dtype=cmd.get("raw_dtype"))
         try:
             report = asyncio.run(run_edge(config, settings, model, chosen))
         except Exception as exc:  # report it and stay up for the next point
