@@ -8,9 +8,11 @@ identified by content, not by path or modification time:
   private modules, pre-processing, specs, integrity, errors, settings); the tail
   path from `TAIL_ROOTS` (the whole models package and the bench's task layer).
   Packages count with all their modules; every module's ``splitfc`` imports,
-  function-level ones included, are read from its source and followed
-  (`module_closure`): the learned engine, the protobuf schema module and a module
-  added to the path later are covered without a list to maintain.
+  function-level and ``importlib`` ones included (a registry package importing its
+  own modules counts as importing all of them), are read from its source and
+  followed (`module_closure`): the learned engine, the protobuf schema module, the
+  split and task registries and a module added to the path later are covered
+  without a list to maintain.
 * **settings** that change output: ``codec_settings()`` except the run limit and
   the program paths (identified by their content below), ``model_settings()``
   except those that change only speed or the report-time metric (the ``paper``
@@ -153,10 +155,27 @@ def _package_modules(name: str) -> set[str]:
     return found
 
 
+_DYNAMIC_IMPORTS = frozenset({"import_module", "__import__"})
+
+
+def _dynamic_import(node: ast.Call) -> ast.expr | None:
+    """The name argument of an ``importlib.import_module(...)`` / ``__import__(...)`` call."""
+    func = node.func
+    name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else None
+    return node.args[0] if name in _DYNAMIC_IMPORTS and node.args else None
+
+
 def _imported_names(path: Path, module: str) -> set[str]:
-    """``splitfc`` names a module's import statements mention (anywhere in it), made absolute."""
+    """``splitfc`` modules a module's source imports (anywhere in it), as absolute names.
+
+    Import statements, and dynamic imports: ``import_module("splitfc.x")`` with a literal
+    name; in a package's ``__init__``, an ``import_module`` of a computed name (a registry
+    importing its own modules, e.g. ``f"{__name__}.{info.name}"``) counts as importing every
+    module of the package.
+    """
     tree = ast.parse(path.read_bytes(), filename=str(path))
-    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    is_package = path.name == "__init__.py"
+    package = module if is_package else module.rpartition(".")[0]
     names: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -170,6 +189,11 @@ def _imported_names(path: Path, module: str) -> set[str]:
             names.add(base)
             # ``from pkg import name``: name may be a submodule (kept if it resolves to a file).
             names.update(f"{base}.{alias.name}" for alias in node.names if alias.name != "*")
+        elif isinstance(node, ast.Call) and (target := _dynamic_import(node)) is not None:
+            if isinstance(target, ast.Constant) and isinstance(target.value, str):
+                names.add(target.value)
+            elif is_package:
+                names.update(_package_modules(module))
     return {n for n in names if n == _PACKAGE or n.startswith(_PACKAGE + ".")}
 
 
