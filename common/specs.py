@@ -56,8 +56,6 @@ class SplitSpec:
     original_range: tuple[Range, ...]
     group_axis: int | None
     head: str
-    metric: str
-    metric_higher_is_better: bool = True
 
     @property
     def rank(self) -> int:

@@ -93,7 +93,7 @@ TOY_SPLIT = SplitSpec(
     id="toy-mean", family="toyfamily", task="toy", split_point="the input itself",
     layout=("tokens", "channels"), paper_shape=(None, CHANNELS), packing=Packing.AS_IS,
     truncation={TruncationColumn.VTM: ((-4.0, 4.0),), TruncationColumn.HYPERPRIOR: ((-4.0, 4.0),)},
-    original_range=((-4.0, 4.0),), group_axis=None, head="mean over tokens", metric="MAE",
+    original_range=((-4.0, 4.0),), group_axis=None, head="mean over tokens",
 )
 
 

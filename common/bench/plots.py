@@ -15,10 +15,9 @@ ORIGINAL = "original"
 
 
 def _label(split: str) -> str:
-    from splitfc.common.bench.report import TASK_LABELS
-    from splitfc.common.specs import get_split
+    from splitfc.common.tasks import task_of
 
-    return TASK_LABELS.get(get_split(split).task, split)
+    return task_of(split).label
 
 
 def _pyplot() -> Any:

@@ -24,13 +24,12 @@ from splitfc.common.bench.analysis import accuracy_drop, as_quality, r_squared
 from splitfc.common.bench.bdrate import bd_rate
 from splitfc.common.bench.cache import ResultCache, atomic_write_bytes
 from splitfc.common.errors import SplitfcError
-from splitfc.common.specs import get_split
+from splitfc.common.tasks import task_of
 
 if TYPE_CHECKING:
     from splitfc.common.bench.runner import BenchConfig, BenchSummary, PointJob
 
 ORIGINAL = "original"
-TASK_LABELS = {"cls": "Cls", "seg": "Seg", "dpt": "Dpt", "csr": "CSR", "tti": "TTI"}
 POINT_COLUMNS = (
     "split", "codec", "rate_name", "rate", "samples", "bpfp", "bpfp_pooled", "bpfp_with_header", "metric_name",
     "metric", "accuracy_drop", "feature_mse", "encode_ms", "decode_ms", "tail_ms", "peak_rss_mb", "peak_alloc_mb",
@@ -83,8 +82,8 @@ def build_results(config: BenchConfig, cache_: ResultCache, jobs: list[PointJob]
     samples: list[dict[str, Any]] = []
     metrics: dict[str, dict[str, Any]] = {}
     for split in split_order:
-        spec = get_split(split)
-        name, higher = spec.metric, spec.metric_higher_is_better
+        split_task = task_of(split)
+        name, higher = split_task.metric, split_task.higher_is_better
         ref_records = by_point.get((split, ORIGINAL, 0), [])
         refs = {r["sample"]: task.output_from_cache(r["output"], cache_.load_arrays(r)) for r in ref_records}
         original_metric = None
@@ -115,9 +114,9 @@ def build_results(config: BenchConfig, cache_: ResultCache, jobs: list[PointJob]
         for p in points:
             if p["split"] == split:
                 p["metric_name"] = name
-                # TTI is left out of R-AD as in the paper (Original FID is 0).
+                # Tasks without an accuracy drop (TTI: Original FID is 0) are left out of R-AD as in the paper.
                 p["accuracy_drop"] = (
-                    None if original_metric is None or p["metric"] is None or spec.task == "tti"
+                    None if original_metric is None or p["metric"] is None or not split_task.accuracy_drop
                     else accuracy_drop(p["metric"], original_metric, higher)
                 )
     return {
@@ -228,7 +227,7 @@ def _rates(results: dict[str, Any], codec: str) -> list[int]:
 
 
 def _label(split: str) -> str:
-    return TASK_LABELS.get(get_split(split).task, split)
+    return task_of(split).label
 
 
 def _codec_label(codec: str) -> str:

@@ -23,7 +23,6 @@ register_split(
         original_range=((-542.30, 94.14),),
         group_axis=None,
         head="norm + linear on [CLS, mean of patch tokens]",
-        metric="top-1 accuracy",
     )
 )
 
@@ -43,7 +42,6 @@ register_split(
         original_range=((-506.97, 105.95),),
         group_axis=None,
         head="norm + linear per patch token, upsampled",
-        metric="mIoU",
     )
 )
 
@@ -63,7 +61,5 @@ register_split(
         original_range=((-2.38, 3.27), (-26.44, 5.03), (-323.30, 25.05), (-504.43, 100.27)),
         group_axis=1,
         head="linear4 over the four layers (depth by bins)",
-        metric="RMSE",
-        metric_higher_is_better=False,
     )
 )

@@ -23,6 +23,5 @@ register_split(
         original_range=((-71.50, 47.75),),
         group_axis=None,
         head="final norm + LM head + softmax over answer letters",
-        metric="accuracy",
     )
 )

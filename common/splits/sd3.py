@@ -23,7 +23,5 @@ register_split(
         original_range=((-5.79, 4.46),),
         group_axis=None,
         head="VAE decoder",
-        metric="FID (PSNR without Inception weights)",
-        metric_higher_is_better=False,
     )
 )

@@ -32,6 +32,13 @@ def get_task(name: str) -> Task:
         raise UnknownNameError(f"unknown task {name!r}; valid tasks: {', '.join(TASKS)}") from None
 
 
+def task_of(split_id: str) -> Task:
+    """The task of a split."""
+    from splitfc.common.specs import get_split
+
+    return get_task(get_split(split_id).task)
+
+
 def task_for_proto_field(field: str) -> Task | None:
     """The task that fills ``TaskResult.<field>``, if any."""
     return next((t for t in TASKS.values() if t.proto_field == field), None)
@@ -45,4 +52,4 @@ def _import_task_modules() -> None:
 
 _import_task_modules()
 
-__all__ = ["TASKS", "Keep", "Task", "get_task", "register_task", "task_for_proto_field"]
+__all__ = ["TASKS", "Keep", "Task", "get_task", "register_task", "task_for_proto_field", "task_of"]
