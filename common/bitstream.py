@@ -8,7 +8,6 @@ is reported separately (``header_bytes``).
 
 from __future__ import annotations
 
-import math
 import zlib
 from dataclasses import asdict, dataclass
 from math import prod
@@ -17,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from splitfc.common.codecs import CODECS, Codec, Encoded, FrameInfo, get_codec
+from splitfc.common.codecs import CODECS, Codec, Encoded, get_codec
 from splitfc.common.errors import (
     BitstreamError,
     BitstreamParseError,
@@ -29,8 +28,8 @@ from splitfc.common.errors import (
     TooManyElementsError,
     UnknownCodecError,
 )
-from splitfc.common.preprocess import packed_shape
-from splitfc.common.specs import Packing, SplitSpec, get_split
+from splitfc.common.preprocess import FrameInfo
+from splitfc.common.specs import SplitSpec, get_split
 from splitfc.v1 import bitstream_pb2 as pb
 
 FORMAT_VERSION = 2
@@ -130,16 +129,7 @@ def encode_features(
         decoded_digest=encoded.digest,
     )
     if encoded.frame is not None:
-        f = encoded.frame
-        msg.preprocessing.CopyFrom(
-            pb.Preprocessing(
-                ranges=[pb.Range(low=lo, high=hi) for lo, hi in f.ranges],
-                bit_depth=f.bit_depth,
-                packing=f.packing.value,
-                frame_height=f.frame_height,
-                frame_width=f.frame_width,
-            )
-        )
+        msg.preprocessing.CopyFrom(encoded.frame.to_proto())
     return msg
 
 
@@ -148,6 +138,13 @@ def validate_bitstream(msg: pb.FeatureBitstream, max_elements: int | None = None
 
     Raises `BitstreamError` (or another `SplitfcError`) naming the first problem.
     """
+    return _checked_header(msg, max_elements)[0]
+
+
+def _checked_header(
+    msg: pb.FeatureBitstream, max_elements: int | None
+) -> tuple[SplitSpec, tuple[int, ...], FrameInfo | None]:
+    """`validate_bitstream`'s checks; returns the split, the tensor shape and the pre-processing."""
     if msg.format_version != FORMAT_VERSION:
         raise FormatVersionError(
             f"unsupported bitstream format version {msg.format_version} (this reader knows {FORMAT_VERSION})"
@@ -169,50 +166,18 @@ def validate_bitstream(msg: pb.FeatureBitstream, max_elements: int | None = None
     if zlib.crc32(msg.payload) != msg.payload_crc32:
         raise ChecksumError("payload CRC32 mismatch: the bitstream is corrupt")
     codec_cls = CODECS[msg.codec.codec]
-    if codec_cls.truncation is not None:
-        if not msg.HasField("preprocessing"):
-            raise HeaderError(f"codec {codec_cls.name} bitstream lacks pre-processing parameters")
-        pre = msg.preprocessing
-        if pre.packing != spec.packing.value:
-            raise HeaderError(
-                f"packing {pre.packing[:32]!r} does not match split {spec.id} ({spec.packing.value})"
-            )
-        if (pre.frame_height, pre.frame_width) != packed_shape(shape, spec.packing):
-            raise HeaderError(
-                f"frame {pre.frame_height}x{pre.frame_width} does not match shape {shape} packed "
-                f"({'x'.join(map(str, packed_shape(shape, spec.packing)))})"
-            )
-        groups = 1 if spec.group_axis is None else shape[spec.group_axis]
-        if len(pre.ranges) not in (1, groups):
-            raise HeaderError(f"header has {len(pre.ranges)} truncation ranges, split {spec.id} takes 1 or {groups}")
-        for r in pre.ranges:
-            if not (math.isfinite(r.low) and math.isfinite(r.high) and r.high > r.low):
-                raise HeaderError(
-                    f"invalid truncation range [{r.low:g}, {r.high:g}] in the header: must be finite with high > low"
-                )
-        if not 1 <= pre.bit_depth <= 16:
-            raise HeaderError(f"invalid bit depth {pre.bit_depth}")
-    return spec
+    if codec_cls.truncation is not None and not msg.HasField("preprocessing"):
+        raise HeaderError(f"codec {codec_cls.name} bitstream lacks pre-processing parameters")
+    frame = FrameInfo.from_proto(msg.preprocessing, spec, shape) if msg.HasField("preprocessing") else None
+    return spec, shape, frame
 
 
 def decode_features(msg: pb.FeatureBitstream, max_elements: int | None = None) -> np.ndarray:
     """Validate and decode a `FeatureBitstream` back into a feature tensor."""
-    spec = validate_bitstream(msg, max_elements)
+    spec, shape, frame = _checked_header(msg, max_elements)
     codec = get_codec(msg.codec.codec)
     codec.require_available()
     tensor = msg.tensors[0]
-    shape = tuple(int(s) for s in tensor.shape)
-    frame = None
-    if msg.HasField("preprocessing"):
-        pre = msg.preprocessing
-        try:
-            packing = Packing(pre.packing)
-        except ValueError:
-            raise HeaderError(f"unknown packing {pre.packing[:32]!r} in the pre-processing header") from None
-        frame = FrameInfo(
-            tuple((r.low, r.high) for r in pre.ranges), pre.bit_depth, packing,
-            pre.frame_height, pre.frame_width,
-        )
     coded = Encoded(msg.payload, frame, dict(msg.codec.extra), msg.decoded_digest)
     try:
         out = codec.decode(coded, spec, shape, _NUMPY_DTYPE[tensor.dtype], msg.codec.rate)

@@ -1,4 +1,8 @@
-"""Pre- and post-processing of paper Section 6.1.1: truncate, quantize, pack.
+"""Pre- and post-processing of paper Section 6.1.1: truncate, quantize, pack (and the header fields).
+
+Everything about the pre-processing lives here: ``FramePlan`` (a split's tensor ->
+quantized 2-D frame and back), ``FrameInfo`` (what the bitstream header carries of it,
+to and from the ``Preprocessing`` message, validated), and ``pad_frame``.
 
 ``pack_frame``/``unpack_frame`` turn a split's N-d tensor into one 2-D frame and
 back; ``quantize``/``dequantize`` map a truncation range onto ``2**bit_depth``
@@ -15,8 +19,9 @@ from math import prod
 
 import numpy as np
 
-from splitfc.common.errors import ShapeError
+from splitfc.common.errors import HeaderError, ShapeError
 from splitfc.common.specs import Packing, Range, SplitSpec
+from splitfc.v1 import bitstream_pb2 as pb
 
 DEFAULT_BIT_DEPTH = 10
 
@@ -189,3 +194,52 @@ class FramePlan:
         """Unpack and dequantize: uint16 2-D frame -> float32 tensor."""
         q = unpack_frame(frame, self.shape, self.spec.packing)
         return dequantize(q, self.ranges, self.spec.group_axis, self.bit_depth)
+
+
+@dataclass(frozen=True)
+class FrameInfo:
+    """The pre-processing of one coded tensor, as the bitstream header carries it (``Preprocessing``)."""
+
+    ranges: tuple[Range, ...]
+    bit_depth: int
+    packing: Packing
+    frame_height: int
+    frame_width: int
+
+    def to_proto(self) -> pb.Preprocessing:
+        """The header's ``Preprocessing`` message."""
+        return pb.Preprocessing(
+            ranges=[pb.Range(low=lo, high=hi) for lo, hi in self.ranges], bit_depth=self.bit_depth,
+            packing=self.packing.value, frame_height=self.frame_height, frame_width=self.frame_width,
+        )
+
+    @classmethod
+    def from_proto(cls, pre: pb.Preprocessing, spec: SplitSpec, shape: tuple[int, ...]) -> FrameInfo:
+        """Read and validate a header's ``Preprocessing`` for a tensor of ``shape`` of ``spec``.
+
+        Raises `HeaderError` naming the first problem: a packing that is not the split's, a frame size
+        that is not the packed shape, a wrong number of ranges, a range that is not finite with
+        high > low, a bit depth outside 1..16.
+        """
+        if pre.packing != spec.packing.value:
+            raise HeaderError(
+                f"packing {pre.packing[:32]!r} does not match split {spec.id} ({spec.packing.value})"
+            )
+        expected = packed_shape(shape, spec.packing)
+        if (pre.frame_height, pre.frame_width) != expected:
+            raise HeaderError(
+                f"frame {pre.frame_height}x{pre.frame_width} does not match shape {shape} packed "
+                f"({'x'.join(map(str, expected))})"
+            )
+        groups = 1 if spec.group_axis is None else shape[spec.group_axis]
+        if len(pre.ranges) not in (1, groups):
+            raise HeaderError(f"header has {len(pre.ranges)} truncation ranges, split {spec.id} takes 1 or {groups}")
+        for r in pre.ranges:
+            if not (math.isfinite(r.low) and math.isfinite(r.high) and r.high > r.low):
+                raise HeaderError(
+                    f"invalid truncation range [{r.low:g}, {r.high:g}] in the header: must be finite with high > low"
+                )
+        if not 1 <= pre.bit_depth <= 16:
+            raise HeaderError(f"invalid bit depth {pre.bit_depth}")
+        return cls(tuple((r.low, r.high) for r in pre.ranges), pre.bit_depth, spec.packing,
+                   pre.frame_height, pre.frame_width)

@@ -16,19 +16,8 @@ import numpy as np
 
 from splitfc.common.errors import BitstreamError, CodecUnavailableError
 from splitfc.common.integrity import content_digest, verify_digest
-from splitfc.common.preprocess import DEFAULT_BIT_DEPTH, FramePlan
-from splitfc.common.specs import Packing, Range, SplitSpec, TruncationColumn
-
-
-@dataclass(frozen=True)
-class FrameInfo:
-    """Pre-processing parameters that travel in the bitstream header."""
-
-    ranges: tuple[Range, ...]
-    bit_depth: int
-    packing: Packing
-    frame_height: int
-    frame_width: int
+from splitfc.common.preprocess import DEFAULT_BIT_DEPTH, FrameInfo, FramePlan
+from splitfc.common.specs import SplitSpec, TruncationColumn
 
 
 @dataclass
