@@ -243,3 +243,18 @@ class FrameInfo:
             raise HeaderError(f"invalid bit depth {pre.bit_depth}")
         return cls(tuple((r.low, r.high) for r in pre.ranges), pre.bit_depth, spec.packing,
                    pre.frame_height, pre.frame_width)
+
+
+def padded_size(size: int, multiple: int, minimum: int = 0) -> int:
+    """``size`` rounded up to a multiple of ``multiple``, and at least ``minimum``."""
+    return max(size + (-size % multiple), minimum)
+
+
+def pad_frame(frame: np.ndarray, multiple: int, minimum: int = 0) -> np.ndarray:
+    """Pad a 2-D frame on the bottom/right by edge replication to a multiple of ``multiple`` in each
+    dimension (and at least ``minimum``): what block-based codecs need; decoders crop back."""
+    h, w = frame.shape
+    ph, pw = padded_size(h, multiple, minimum) - h, padded_size(w, multiple, minimum) - w
+    if ph == 0 and pw == 0:
+        return frame
+    return np.pad(frame, ((0, ph), (0, pw)), mode="edge")

@@ -19,8 +19,8 @@ import pytest
 
 from splitfc.common import settings
 from splitfc.common.codecs import CODECS, _ffmpeg, get_codec
-from splitfc.common.codecs._external import padded_size
 from splitfc.common.codecs._ffmpeg import MIN_SIZE, PAD_MULTIPLE, FfmpegIntraCodec
+from splitfc.common.preprocess import padded_size
 from splitfc.common.specs import get_split
 
 DECODES = 20

@@ -7,8 +7,6 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
 from splitfc.common.errors import CodecError, CodecUnavailableError
 from splitfc.common.settings import codec_settings
 
@@ -55,21 +53,6 @@ def ffmpeg_has(component: str, kind: str) -> bool:
     """Whether ffmpeg lists ``component`` among its ``kind`` ('encoders' or 'decoders')."""
     out = run_program([ffmpeg_path(), "-hide_banner", f"-{kind}"], f"ffmpeg -{kind}", timeout_s=30)
     return any(line.split()[1:2] == [component] for line in out.decode(errors="replace").splitlines() if line.strip())
-
-
-def padded_size(size: int, multiple: int, minimum: int) -> int:
-    """``size`` rounded up to a multiple of ``multiple``, and at least ``minimum``."""
-    return max(size + (-size % multiple), minimum)
-
-
-def pad_frame(frame: np.ndarray, multiple: int, minimum: int = 0) -> np.ndarray:
-    """Pad a 2-D frame on the bottom/right by edge replication to a multiple of ``multiple``
-    (and at least ``minimum`` in each dimension)."""
-    h, w = frame.shape
-    ph, pw = padded_size(h, multiple, minimum) - h, padded_size(w, multiple, minimum) - w
-    if ph == 0 and pw == 0:
-        return frame
-    return np.pad(frame, ((0, ph), (0, pw)), mode="edge")
 
 
 def check_decoded_size(data: bytes, expected: int, what: str) -> None:

@@ -20,16 +20,10 @@ from typing import ClassVar
 
 import numpy as np
 
-from splitfc.common.codecs._external import (
-    check_decoded_size,
-    ffmpeg_has,
-    ffmpeg_path,
-    pad_frame,
-    padded_size,
-    run_program,
-)
+from splitfc.common.codecs._external import check_decoded_size, ffmpeg_has, ffmpeg_path, run_program
 from splitfc.common.codecs.base import FrameCodec
 from splitfc.common.errors import SplitfcError
+from splitfc.common.preprocess import pad_frame, padded_size
 from splitfc.common.specs import TruncationColumn
 
 PAD_MULTIPLE = 8
