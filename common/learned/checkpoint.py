@@ -7,6 +7,9 @@ file. Loading checks the hash, the tensor names and shapes, so a corrupt or
 foreign file is refused with a `CheckpointError`. The safetensors file also
 holds the entropy models' quantized CDF tables (built by ``update(force=True)``
 when the checkpoint is written), so every process codes with the same tables.
+The Gaussian-conditional CDF tables do not depend on the checkpoint: they are
+one shipped file (`GAUSSIAN_TABLES`, sha256 checked), never rebuilt from
+float maths at load time.
 
 Training state (full-precision weights and Adam moments) lives in a separate
 ``<name>.state.safetensors`` so that an interrupted run can resume.
@@ -139,16 +142,48 @@ def _is_gc_table(name: str) -> bool:
     return prefix == "gaussian_conditional" and leaf in _GC_TABLES
 
 
-@lru_cache(maxsize=1)
-def _gaussian_tables() -> dict[str, torch.Tensor]:
-    """The Gaussian-conditional CDF tables: fixed by CompressAI's scale table, not learned.
+GAUSSIAN_TABLES = (Path(__file__).resolve().parents[1] / "codecs" / "checkpoints" / "hyperprior" / "_tables"
+                   / "gaussian_conditional.safetensors")
+"""The Gaussian-conditional CDF tables, shipped once for every checkpoint."""
+GAUSSIAN_TABLES_SHA256 = "500a07407a543d4f7137685cbfa5999294fbd138a4a5cdb5fd39901b997ded83"
+GAUSSIAN_TABLES_FORMAT = "splitfc-hyperprior-gaussian-tables"
 
-    They are rebuilt here (element-wise float maths, then CompressAI's integer
-    CDF quantizer) instead of being stored in every checkpoint.
+
+def build_gaussian_tables() -> dict[str, torch.Tensor]:
+    """The tables as CompressAI builds them (float exp/erfc, then its integer CDF quantizer).
+
+    Used once to write `GAUSSIAN_TABLES` (see docs/hyperprior.md); never at load time, because the float maths
+    may round differently with another maths library and the decoder must use the encoder's tables.
     """
     gc = GaussianConditional(None)
     gc.update_scale_table(get_scale_table(), force=True)
-    return {f"gaussian_conditional.{k}": getattr(gc, k).clone() for k in _GC_TABLES}
+    return {k: getattr(gc, k).clone().contiguous() for k in _GC_TABLES}
+
+
+def gaussian_tables_blob(tables: dict[str, torch.Tensor]) -> bytes:
+    """The bytes of the tables file (safetensors with one metadata key, so the bytes are reproducible)."""
+    return st_save(tables, metadata={"format": GAUSSIAN_TABLES_FORMAT})
+
+
+@lru_cache(maxsize=1)
+def _gaussian_tables() -> dict[str, torch.Tensor]:
+    """The shipped Gaussian-conditional tables, checked against their sha256 (fixed constants, not learned)."""
+    try:
+        blob = GAUSSIAN_TABLES.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(
+            f"cannot read the Gaussian-conditional tables {GAUSSIAN_TABLES}: {exc.strerror}"
+        ) from None
+    digest = hashlib.sha256(blob).hexdigest()
+    if digest != GAUSSIAN_TABLES_SHA256:
+        raise CheckpointError(
+            f"Gaussian-conditional tables {GAUSSIAN_TABLES} are corrupt: sha256 {digest[:12]}... is not "
+            f"{GAUSSIAN_TABLES_SHA256[:12]}..."
+        )
+    tables = _load_tensors(blob, str(GAUSSIAN_TABLES))
+    if set(tables) != set(_GC_TABLES):
+        raise CheckpointError(f"{GAUSSIAN_TABLES} does not hold the tables {_GC_TABLES}")
+    return {f"gaussian_conditional.{k}": v for k, v in tables.items()}
 
 
 def save_checkpoint(model: FeatureHyperprior, cfg: HyperpriorConfig, weights: Path) -> HyperpriorConfig:
