@@ -212,7 +212,8 @@ def test_hostile_payloads_give_errors_or_well_formed_tensors() -> None:
     msg = encode_features(x, "llama3-csr", "hyperprior", 3)
     payload = bytes(msg.payload)
     rng = np.random.default_rng(0)
-    variants = [payload[:1], payload[:-1], payload + b"\x00", b"\x02" + payload[1:], b"\x01\xff\xff\xff\xff\xff"]
+    variants = [payload[:1], payload[:-1], payload + b"\x00", b"\x01" + payload[1:], b"\x03" + payload[1:],
+                b"\x02\xff\xff\xff\xff\xff"]
     for _ in range(40):
         b = bytearray(payload)
         i = int(rng.integers(2, len(b)))
@@ -240,7 +241,7 @@ def test_payload_layout_round_trip_and_checks() -> None:
     with pytest.raises(BitstreamError, match="truncated"):
         unpack_payload(data[:-1], lambda tile: 2)
     with pytest.raises(BitstreamError, match="tile size"):
-        unpack_payload(b"\x01\x00", lambda tile: 1)
+        unpack_payload(b"\x02\x00", lambda tile: 1)
 
 
 def test_frames_larger_than_a_tile_are_tiled_and_cropped_back() -> None:

@@ -4,7 +4,11 @@ The frame is the paper's pre-processing with the Hyperprior truncation column
 of Table 4 and 10-bit quantization, normalised to [0, 1], padded by edge
 replication to a multiple of 64 (frames larger than the checkpoint's tile size
 are cut into tiles coded independently) and cropped back after decoding.
-Coding goes through CompressAI's rANS coder with the checkpoint's CDF tables.
+Coding goes through CompressAI's rANS coder with the checkpoint's CDF tables;
+the CDF indexes come from an integer-exact hyper-synthesis, so the decoder
+picks the same CDFs as the encoder on any CPU (`splitfc.common.learned.model`).
+The bitstream's digest is of the reconstruction the encoder computes from its
+own quantized latents; `decode` verifies it.
 
 The rate knob is a quality index 1..5 (``--quality``, or ``--qp`` as its
 alias): one checkpoint per λ, quality 1 the lowest rate. Checkpoints are looked
@@ -85,11 +89,12 @@ class HyperpriorCodec(FrameCodec):
         frame = plan.to_frame(features)
         from splitfc.common.learned.engine import encode_with
 
-        payload = encode_with(model, cfg, frame, plan.bit_depth)
+        # The digest is of the reconstruction from the encoder's own quantized latents (no entropy decoding),
+        # so a decoder whose symbols or CDF indexes differ from the encoder's fails `verify_digest`.
+        payload, recon = encode_with(model, cfg, frame, plan.bit_depth)
         h, w = frame.shape
         info = FrameInfo(plan.ranges, plan.bit_depth, spec.packing, h, w)
         extra = {"checkpoint": cfg.checkpoint_id, "checkpoint_split": cfg.split}
-        recon = self.reconstruct_frame(payload, h, w, rate, extra)
         return Encoded(payload, info, extra, content_digest(recon))
 
     def decode(
@@ -129,7 +134,7 @@ class HyperpriorCodec(FrameCodec):
         from splitfc.common.learned.engine import encode_with
 
         model, cfg = self.model_for(self.source_split, rate)
-        payload = encode_with(model, cfg, frame, self.bit_depth)
+        payload, _ = encode_with(model, cfg, frame, self.bit_depth)
         return payload, {"checkpoint": cfg.checkpoint_id, "checkpoint_split": cfg.split}
 
     def decode_frame(

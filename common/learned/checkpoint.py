@@ -249,7 +249,8 @@ def load_checkpoint(weights: Path, expect_split: str | None = None) -> tuple[Fea
         model.load_state_dict(state)
     except RuntimeError as exc:
         raise CheckpointError(f"checkpoint {weights} does not fit the architecture: {str(exc)[:200]}") from None
-    return model.eval(), cfg
+    model.eval().prepare_coding()  # the integer h_s, float64 g_s and index thresholds, derived once here
+    return model, cfg
 
 
 def _load_tensors(blob: bytes, where: str) -> dict[str, torch.Tensor]:

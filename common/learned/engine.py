@@ -53,16 +53,27 @@ def _zero_padded(data: bytes, symbols: int) -> bytes:
     return data + bytes(16 * len(data) + 8 * symbols + 64)
 
 
-def encode_with(model: FeatureHyperprior, cfg: HyperpriorConfig, frame: np.ndarray, bit_depth: int) -> bytes:
-    """Code a uint16 frame with a loaded model; return the payload (layout in `payload`)."""
+def _levels(x_hat: torch.Tensor, height: int, width: int, levels: int) -> np.ndarray:
+    """The float64 synthesis of a padded tile, cropped, clamped to [0, 1] and rounded to integer levels."""
+    return torch.round(x_hat[0, 0, :height, :width].clamp(0, 1) * levels).numpy().astype(np.uint16)
+
+
+def encode_with(
+    model: FeatureHyperprior, cfg: HyperpriorConfig, frame: np.ndarray, bit_depth: int
+) -> tuple[bytes, np.ndarray]:
+    """Code a uint16 frame with a loaded model; return the payload (layout in `payload`) and the frame a
+    decoder reconstructs from it, computed from the encoder's own quantized latents."""
     h, w = frame.shape
     x = _frame_tensor(frame, bit_depth)
+    levels = (1 << bit_depth) - 1
+    recon = np.empty((h, w), dtype=np.uint16)
     strings = []
     with _LOCK, deterministic_cpu():
         for top, left, th, tw in tiles(h, w, cfg.tile):
-            y, z, _ = model.compress_padded(pad_replicate(x[..., top:top + th, left:left + tw]))
+            y, z, x_hat = model.compress_padded(pad_replicate(x[..., top:top + th, left:left + tw]))
             strings.append((y, z))
-    return pack_payload(cfg.tile, strings)
+            recon[top:top + th, left:left + tw] = _levels(x_hat, th, tw, levels)
+    return pack_payload(cfg.tile, strings), recon
 
 
 def decode_with(model: FeatureHyperprior, payload: bytes, height: int, width: int, bit_depth: int) -> np.ndarray:
@@ -75,6 +86,5 @@ def decode_with(model: FeatureHyperprior, payload: bytes, height: int, width: in
             y_pad = _zero_padded(y, y_symbols_for(th, tw, model.M))
             z_pad = _zero_padded(z, z_symbols_for(th, tw, model.N))
             x_hat = model.decompress_padded(y_pad, z_pad, z_shape_for(th, tw))
-            rec = torch.round(x_hat[0, 0, :th, :tw].clamp(0, 1) * levels)
-            out[top:top + th, left:left + tw] = rec.numpy().astype(np.uint16)
+            out[top:top + th, left:left + tw] = _levels(x_hat, th, tw, levels)
     return out

@@ -2,7 +2,7 @@
 
 ::
 
-    version      1 byte, = 1
+    version      1 byte, = 2 (1: before the integer hyper-synthesis, refused)
     tile / 64    varint   tile size in units of 64 (the frame is cut into tiles of this size)
     per tile, row-major:
       len(y)     varint   bytes of the y (Gaussian-conditional) rANS string
@@ -12,13 +12,18 @@
 The y/z tensor shapes are not stored: they follow from the frame size in the
 bitstream header and the tile size. ``unpack_payload`` checks every length
 against the bytes present and refuses trailing bytes.
+
+Version 2 (this one) codes ``y`` with CDF indexes from the integer-exact
+hyper-synthesis (`splitfc.common.learned.model.IntegerHyperSynthesis`). Version
+1 payloads were coded with indexes from the float ``h_s``; decoding them with
+the integer indexes would give garbage, so they are refused.
 """
 
 from __future__ import annotations
 
 from splitfc.common.errors import BitstreamError
 
-PAYLOAD_VERSION = 1
+PAYLOAD_VERSION = 2
 _MAX_VARINT_BYTES = 5
 
 
@@ -67,6 +72,11 @@ def unpack_payload(data: bytes, tile_count_for: object) -> tuple[int, list[tuple
     """
     if len(data) < 2:
         raise BitstreamError("hyperprior payload is truncated (no header)")
+    if data[0] == 1:
+        raise BitstreamError(
+            "hyperprior payload version 1 was coded with the float hyper-synthesis, which this reader no longer "
+            f"uses (it reads version {PAYLOAD_VERSION}); re-encode the features with this splitfc"
+        )
     if data[0] != PAYLOAD_VERSION:
         raise BitstreamError(f"hyperprior payload version {data[0]} is unknown (this reader knows {PAYLOAD_VERSION})")
     units, pos = _read_varint(data, 1)
