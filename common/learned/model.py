@@ -20,7 +20,7 @@ integer-exact:
   models", ICLR 2019), derived at load time from the stored weights: weights
   ``round(w·2^G)``, biases ``round(b·2^(F+G))``, activations integers with F
   fractional bits, ReLU, and a round-half-up division by ``2^G`` (exact in
-  float64) between layers; F = `ACT_FRAC_BITS`, G = `WEIGHT_FRAC_BITS`. The
+  float64) between layers; F = `ACT_FRAC_BITS` = 16, G = `WEIGHT_FRAC_BITS` = 16. The
   convolutions run in float64 on integer-valued operands; every product and
   every partial sum is then an integer of magnitude at most
   ``max|input| · max_o ‖W_o‖₁ + max|B| + 2^(G-1)``, and while that bound is
@@ -40,11 +40,12 @@ integer-exact:
 
 The synthesis ``g_s`` runs in float64 (`FeatureHyperprior.synthesize`); its
 output rounded to 10-bit levels is the same on any CPU unless a value lies
-within ~1e-13 of a rounding boundary. The encoder computes that reconstruction
-from its own quantized latents (not by entropy-decoding its payload), and the
-bitstream carries its digest, which the decoder verifies
+within a few float64 rounding errors of a level boundary. The encoder computes
+that reconstruction from its own quantized latents (not by entropy-decoding its
+payload), and the bitstream carries its digest, which the decoder verifies
 (`splitfc.common.integrity`). Compress and decompress run on one thread with
-oneDNN and NNPACK off (`deterministic_cpu`).
+oneDNN and NNPACK off (`deterministic_cpu`). docs/hyperprior.md ("Determinism")
+has the measured rate and time costs.
 """
 
 from __future__ import annotations
