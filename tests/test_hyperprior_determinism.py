@@ -33,7 +33,7 @@ from splitfc.common.learned.model import (
     WEIGHT_FRAC_BITS,
     FeatureHyperprior,
     deterministic_cpu,
-    pad_replicate,
+    frame_tensor,
     scale_indexes,
 )
 from splitfc.common.learned.payload import unpack_payload
@@ -56,9 +56,8 @@ def _z_hat(model: FeatureHyperprior, features: np.ndarray, split: str) -> torch.
     from splitfc.common.codecs.hyperprior import HyperpriorCodec
 
     frame = HyperpriorCodec().plan(get_split(split), features.shape).to_frame(features)
-    x = torch.from_numpy(frame[:1024, :1024].astype(np.float32) / 1023)[None, None]
     with deterministic_cpu():
-        z = model.h_a(torch.abs(model.g_a(pad_replicate(x))))
+        z = model.h_a(torch.abs(model.g_a(frame_tensor(frame[:1024, :1024], 1023))))
         medians = model.entropy_bottleneck._get_medians().detach().reshape(1, -1, 1, 1)
         return model.entropy_bottleneck.quantize(z, "dequantize", medians)
 

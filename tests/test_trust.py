@@ -97,8 +97,8 @@ def test_a_frame_decoder_returning_garbage_is_caught(garbage: str, make_features
     msg = encode_features(x, "dinov2-cls", codec, 32)
     honest = type(codec).decode_frame
 
-    def corrupt(self, payload, height, width, rate, extra):
-        f = honest(self, payload, height, width, rate, extra).copy()
+    def corrupt(self, payload, height, width, rate, extra, spec=None):
+        f = honest(self, payload, height, width, rate, extra, spec).copy()
         if garbage == "flat":
             return np.full_like(f, int(f.mean()))
         if garbage == "second_half_rows":

@@ -21,10 +21,10 @@ from typing import ClassVar
 import numpy as np
 
 from splitfc.common.codecs._external import check_decoded_size, ffmpeg_has, ffmpeg_path, run_program
-from splitfc.common.codecs.base import FrameCodec
+from splitfc.common.codecs.base import CodedFrame, FrameCodec
 from splitfc.common.errors import SplitfcError
 from splitfc.common.preprocess import pad_frame, padded_size
-from splitfc.common.specs import TruncationColumn
+from splitfc.common.specs import SplitSpec, TruncationColumn
 
 PAD_MULTIPLE = 8
 # Encoders refuse very small pictures (x265 below 16 rows, VVenC at 8x16): pad up to this.
@@ -77,7 +77,7 @@ class FfmpegIntraCodec(FrameCodec):
             data += chroma + chroma
         return data
 
-    def encode_frame(self, frame: np.ndarray, rate: int) -> tuple[bytes, dict[str, str]]:
+    def encode_frame(self, frame: np.ndarray, rate: int, spec: SplitSpec | None = None) -> CodedFrame:
         padded = pad_frame(frame, PAD_MULTIPLE, MIN_SIZE)
         h, w = padded.shape
         options, extra = self.encoder_options(rate)
@@ -85,7 +85,7 @@ class FfmpegIntraCodec(FrameCodec):
             ffmpeg_path(), *_FFMPEG, "-f", "rawvideo", "-pix_fmt", self.pix_fmt, "-s", f"{w}x{h}", "-i", "pipe:0",
             "-frames:v", "1", "-c:v", self.encoder, *options, "-f", self.decoder, "pipe:1",
         ]
-        return run_program(args, f"{self.name} encode", stdin=self._raw_frame(padded)), extra
+        return CodedFrame(run_program(args, f"{self.name} encode", stdin=self._raw_frame(padded)), extra)
 
     def decode_padded(self, payload: bytes, height: int, width: int) -> np.ndarray:
         """Decode the full padded picture (``height`` x ``width``) with ffmpeg."""
@@ -99,7 +99,8 @@ class FfmpegIntraCodec(FrameCodec):
         return np.frombuffer(out, dtype="<u2", count=height * width).reshape(height, width)
 
     def decode_frame(
-        self, payload: bytes, height: int, width: int, rate: int, extra: dict[str, str]
+        self, payload: bytes, height: int, width: int, rate: int, extra: dict[str, str],
+        spec: SplitSpec | None = None,
     ) -> np.ndarray:
         ph, pw = padded_size(height, PAD_MULTIPLE, MIN_SIZE), padded_size(width, PAD_MULTIPLE, MIN_SIZE)
         return self.decode_padded(payload, ph, pw)[:height, :width].astype(np.uint16)

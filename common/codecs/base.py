@@ -10,14 +10,23 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 
-from splitfc.common.errors import BitstreamError, CodecUnavailableError
+from splitfc.common.errors import BitstreamError, CodecUnavailableError, HeaderError
 from splitfc.common.integrity import content_digest, verify_digest
 from splitfc.common.preprocess import DEFAULT_BIT_DEPTH, FrameInfo, FramePlan
 from splitfc.common.specs import SplitSpec, TruncationColumn
+
+
+class CodedFrame(NamedTuple):
+    """What `FrameCodec.encode_frame` returns."""
+
+    payload: bytes
+    extra: dict[str, str]
+    reconstruction: np.ndarray | None = None
+    """The uint16 frame a decoder reconstructs, when the encoder computes it anyway (else None)."""
 
 
 @dataclass
@@ -46,6 +55,12 @@ class Codec(ABC):
     rates: ClassVar[tuple[int, ...]] = ()
     """The paper's rate points, lowest quality last for QPs."""
     rate_bounds: ClassVar[tuple[int, int]] = (0, 63)
+    min_payload_bits_per_element: ClassVar[float] = 0.0
+    """Fewest payload bits per feature element any encoder of this codec produces (measured, with margin).
+
+    `validate_bitstream` refuses a payload below it before decoding, so decode work is bounded by what the
+    payload carries. 0: no bound.
+    """
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -58,10 +73,12 @@ class Codec(ABC):
         if reason is not None:
             raise CodecUnavailableError(f"codec {cls.name} is unavailable: {reason}")
 
-    def check_rate(self, rate: int) -> None:
-        lo, hi = self.rate_bounds
+    @classmethod
+    def check_rate(cls, rate: int) -> None:
+        """Raise `HeaderError` (a `ValueError`) unless ``rate`` is in ``rate_bounds`` (encode and decode)."""
+        lo, hi = cls.rate_bounds
         if not lo <= rate <= hi:
-            raise ValueError(f"codec {self.name} takes {self.rate_name} in [{lo}, {hi}], got {rate}")
+            raise HeaderError(f"codec {cls.name} takes {cls.rate_name} in [{lo}, {hi}], got {rate}")
 
     @abstractmethod
     def encode(self, features: np.ndarray, spec: SplitSpec, rate: int) -> Encoded:
@@ -83,45 +100,42 @@ class FrameCodec(Codec):
     bit_depth: ClassVar[int] = DEFAULT_BIT_DEPTH
 
     @abstractmethod
-    def encode_frame(self, frame: np.ndarray, rate: int) -> tuple[bytes, dict[str, str]]:
-        """Code a uint16 frame of ``bit_depth`` bits; return payload and extras."""
+    def encode_frame(self, frame: np.ndarray, rate: int, spec: SplitSpec | None = None) -> CodedFrame:
+        """Code a uint16 frame of ``bit_depth`` bits of split ``spec`` (None: a bare frame).
+
+        Returns the payload, the extras for the header and, where the encoder has it, the frame a
+        decoder reconstructs (else `encode` decodes the payload once to compute the digest).
+        """
 
     @abstractmethod
     def decode_frame(
-        self, payload: bytes, height: int, width: int, rate: int, extra: dict[str, str]
+        self, payload: bytes, height: int, width: int, rate: int, extra: dict[str, str],
+        spec: SplitSpec | None = None,
     ) -> np.ndarray:
-        """Decode a frame of exactly ``height`` x ``width`` (uint16)."""
+        """Decode a frame of exactly ``height`` x ``width`` (uint16) of split ``spec``."""
 
     def plan(self, spec: SplitSpec, shape: tuple[int, ...]) -> FramePlan:
         assert self.truncation is not None
         return FramePlan(spec, tuple(shape), spec.ranges(self.truncation), self.bit_depth)
 
-    def reconstruct_frame(
-        self, payload: bytes, height: int, width: int, rate: int, extra: dict[str, str]
-    ) -> np.ndarray:
-        """The frame a decoder reconstructs from ``payload``, as the encoder computes it for the digest.
-
-        By default the encoder decodes its own payload (one more decoder run per encode);
-        codecs whose encoder yields the reconstruction override this.
-        """
-        return self.decode_frame(payload, height, width, rate, extra)
-
     def encode(self, features: np.ndarray, spec: SplitSpec, rate: int) -> Encoded:
         self.check_rate(rate)
         plan = self.plan(spec, features.shape)
         frame = plan.to_frame(features)
-        payload, extra = self.encode_frame(frame, rate)
+        coded = self.encode_frame(frame, rate, spec)
         h, w = frame.shape
         info = FrameInfo(plan.ranges, plan.bit_depth, spec.packing, h, w)
-        recon = self.reconstruct_frame(payload, h, w, rate, extra)
-        return Encoded(payload, info, extra, content_digest(recon))
+        recon = coded.reconstruction
+        if recon is None:
+            recon = self.decode_frame(coded.payload, h, w, rate, coded.extra, spec)
+        return Encoded(coded.payload, info, coded.extra, content_digest(recon))
 
-    def decode_checked_frame(self, coded: Encoded, rate: int) -> np.ndarray:
+    def decode_checked_frame(self, coded: Encoded, rate: int, spec: SplitSpec | None = None) -> np.ndarray:
         """``decode_frame`` of ``coded`` with its size and integrity digest checked (uint16, H x W)."""
         frame = coded.frame
         if frame is None:
             raise BitstreamError(f"codec {self.name} needs pre-processing parameters in the header")
-        decoded = self.decode_frame(coded.payload, frame.frame_height, frame.frame_width, rate, coded.extra)
+        decoded = self.decode_frame(coded.payload, frame.frame_height, frame.frame_width, rate, coded.extra, spec)
         if decoded.shape != (frame.frame_height, frame.frame_width):
             raise BitstreamError(
                 f"codec {self.name} decoded a {decoded.shape} frame, "
@@ -133,7 +147,7 @@ class FrameCodec(Codec):
     def decode(
         self, coded: Encoded, spec: SplitSpec, shape: tuple[int, ...], dtype: np.dtype, rate: int,
     ) -> np.ndarray:
-        decoded = self.decode_checked_frame(coded, rate)
+        decoded = self.decode_checked_frame(coded, rate, spec)
         assert coded.frame is not None
         plan = FramePlan(spec, tuple(shape), coded.frame.ranges, coded.frame.bit_depth)
         return plan.from_frame(decoded).astype(dtype, copy=False)

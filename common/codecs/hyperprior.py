@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 
 from splitfc.common.codecs import register_codec
-from splitfc.common.codecs.base import Encoded, FrameCodec, FrameInfo
+from splitfc.common.codecs.base import CodedFrame, FrameCodec
 from splitfc.common.errors import BitstreamError, SplitfcError
-from splitfc.common.integrity import content_digest, verify_digest
 from splitfc.common.specs import SplitSpec, TruncationColumn, get_split
+from splitfc.common.untrusted import quote
 
 if TYPE_CHECKING:
     from splitfc.common.learned.checkpoint import HyperpriorConfig
@@ -60,6 +60,7 @@ class HyperpriorCodec(FrameCodec):
     rate_name: ClassVar[str] = "quality"
     rates: ClassVar[tuple[int, ...]] = (1, 2, 3, 4, 5)
     rate_bounds: ClassVar[tuple[int, int]] = (1, 5)
+    min_payload_bits_per_element: ClassVar[float] = 1 / 16384  # flat frame, quality 1: 1.4e-4 (docs/hardening.md)
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -81,71 +82,44 @@ class HyperpriorCodec(FrameCodec):
         self.check_rate(quality)
         return load_cached(checkpoint_path(split, quality, self.directory), split)
 
-    def encode(self, features: np.ndarray, spec: SplitSpec, rate: int) -> Encoded:
-        self.check_rate(rate)
-        source = self.source_split or spec.id
-        model, cfg = self.model_for(source, rate)
-        plan = self.plan(spec, features.shape)
-        frame = plan.to_frame(features)
+    def _source_split(self, spec: SplitSpec | None, extra: dict[str, str] | None = None) -> str:
+        """Whose checkpoints code this frame: the bitstream's ``checkpoint_split``, else ``source_split``,
+        else the frame's own split."""
+        named = (extra or {}).get("checkpoint_split") or self.source_split or (spec.id if spec else None)
+        if named is None:
+            raise SplitfcError("hyperprior codes frames with a split's checkpoint: give the split or source_split")
+        try:
+            return get_split(named).id
+        except SplitfcError:
+            raise BitstreamError(
+                f"hyperprior bitstream names an unknown checkpoint split {quote(named)}"
+            ) from None
+
+    def encode_frame(self, frame: np.ndarray, rate: int, spec: SplitSpec | None = None) -> CodedFrame:
+        """The payload and the reconstruction from the encoder's own quantized latents (no entropy
+        decoding), so a decoder whose symbols or CDF indexes differ from the encoder's fails the digest."""
         from splitfc.common.learned.engine import encode_with
 
-        # The digest is of the reconstruction from the encoder's own quantized latents (no entropy decoding),
-        # so a decoder whose symbols or CDF indexes differ from the encoder's fails `verify_digest`.
-        payload, recon = encode_with(model, cfg, frame, plan.bit_depth)
-        h, w = frame.shape
-        info = FrameInfo(plan.ranges, plan.bit_depth, spec.packing, h, w)
-        extra = {"checkpoint": cfg.checkpoint_id, "checkpoint_split": cfg.split}
-        return Encoded(payload, info, extra, content_digest(recon))
+        model, cfg = self.model_for(self._source_split(spec), rate)
+        payload, recon = encode_with(model, cfg, frame, self.bit_depth)
+        return CodedFrame(payload, {"checkpoint": cfg.checkpoint_id, "checkpoint_split": cfg.split}, recon)
 
-    def decode(
-        self, coded: Encoded, spec: SplitSpec, shape: tuple[int, ...], dtype: np.dtype, rate: int,
+    def decode_frame(
+        self, payload: bytes, height: int, width: int, rate: int, extra: dict[str, str],
+        spec: SplitSpec | None = None,
     ) -> np.ndarray:
-        frame, extra = coded.frame, coded.extra
-        if frame is None:
-            raise BitstreamError("hyperprior bitstream lacks pre-processing parameters")
+        """Refuses a payload coded with another checkpoint than the one found here."""
         self.check_rate(rate)
         wanted = extra.get("checkpoint")
         if not wanted:
             raise BitstreamError("hyperprior bitstream does not name the checkpoint that coded it")
-        source = extra.get("checkpoint_split") or spec.id
-        try:
-            source = get_split(source).id
-        except SplitfcError:
-            raise BitstreamError(f"hyperprior bitstream names an unknown checkpoint split {source!r}") from None
+        source = self._source_split(spec, extra)
         model, cfg = self.model_for(source, rate)
         if cfg.checkpoint_id != wanted:
             raise BitstreamError(
-                f"bitstream was coded with hyperprior checkpoint {wanted[:12]}, but {source} quality {rate} "
-                f"here is {cfg.checkpoint_id[:12]} ({checkpoint_path(source, rate, self.directory)}); "
-                "decode with the checkpoint that coded it"
+                f"bitstream was coded with hyperprior checkpoint {quote(wanted, 12)}, but {source} quality "
+                f"{rate} here is {cfg.checkpoint_id[:12]}; decode with the checkpoint that coded it"
             )
-        from splitfc.common.learned.engine import decode_with
-        from splitfc.common.preprocess import FramePlan
-
-        plan = FramePlan(spec, tuple(shape), frame.ranges, frame.bit_depth)
-        decoded = decode_with(model, coded.payload, frame.frame_height, frame.frame_width, frame.bit_depth)
-        verify_digest(decoded, coded.digest, f"codec {self.name}")
-        return plan.from_frame(decoded).astype(dtype, copy=False)
-
-    def encode_frame(self, frame: np.ndarray, rate: int) -> tuple[bytes, dict[str, str]]:
-        """Frame-level coding needs a split to pick the checkpoint: construct with ``source_split``."""
-        if self.source_split is None:
-            raise SplitfcError("hyperprior codes frames with a split's checkpoint: pass source_split")
-        from splitfc.common.learned.engine import encode_with
-
-        model, cfg = self.model_for(self.source_split, rate)
-        payload, _ = encode_with(model, cfg, frame, self.bit_depth)
-        return payload, {"checkpoint": cfg.checkpoint_id, "checkpoint_split": cfg.split}
-
-    def decode_frame(
-        self, payload: bytes, height: int, width: int, rate: int, extra: dict[str, str]
-    ) -> np.ndarray:
-        source = extra.get("checkpoint_split") or self.source_split
-        if source is None:
-            raise BitstreamError("hyperprior frame payload does not name its checkpoint split")
-        model, cfg = self.model_for(get_split(source).id, rate)
-        if extra.get("checkpoint") != cfg.checkpoint_id:
-            raise BitstreamError("hyperprior frame was coded with another checkpoint")
         from splitfc.common.learned.engine import decode_with
 
         return decode_with(model, payload, height, width, self.bit_depth)

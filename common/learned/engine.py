@@ -16,7 +16,7 @@ from splitfc.common.learned.checkpoint import CheckpointError, HyperpriorConfig,
 from splitfc.common.learned.model import (
     FeatureHyperprior,
     deterministic_cpu,
-    pad_replicate,
+    frame_tensor,
     tiles,
     y_symbols_for,
     z_shape_for,
@@ -44,10 +44,6 @@ def load_cached(path: Path, split: str) -> tuple[FeatureHyperprior, HyperpriorCo
         return _CACHE[key]
 
 
-def _frame_tensor(frame: np.ndarray, bit_depth: int) -> torch.Tensor:
-    return torch.from_numpy(frame.astype(np.float32) / ((1 << bit_depth) - 1))[None, None]
-
-
 def _zero_padded(data: bytes, symbols: int) -> bytes:
     """``data`` followed by zeros: bounds how far a hostile rANS stream can read past its end."""
     return data + bytes(16 * len(data) + 8 * symbols + 64)
@@ -64,13 +60,12 @@ def encode_with(
     """Code a uint16 frame with a loaded model; return the payload (layout in `payload`) and the frame a
     decoder reconstructs from it, computed from the encoder's own quantized latents."""
     h, w = frame.shape
-    x = _frame_tensor(frame, bit_depth)
     levels = (1 << bit_depth) - 1
     recon = np.empty((h, w), dtype=np.uint16)
     strings = []
     with _LOCK, deterministic_cpu():
         for top, left, th, tw in tiles(h, w, cfg.tile):
-            y, z, x_hat = model.compress_padded(pad_replicate(x[..., top:top + th, left:left + tw]))
+            y, z, x_hat = model.compress_padded(frame_tensor(frame[top:top + th, left:left + tw], levels))
             strings.append((y, z))
             recon[top:top + th, left:left + tw] = _levels(x_hat, th, tw, levels)
     return pack_payload(cfg.tile, strings), recon

@@ -25,7 +25,7 @@ from splitfc.common.learned.model import (
     FeatureHyperprior,
     IntegerHyperSynthesis,
     deterministic_cpu,
-    pad_replicate,
+    frame_tensor,
     scale_indexes,
     scale_thresholds,
     tiles,
@@ -81,11 +81,10 @@ def tiny_frames(split: str, samples: int) -> list[np.ndarray]:
 
 
 def _differing_indexes(model: FeatureHyperprior, frame: np.ndarray, tile: int) -> tuple[int, int]:
-    x = torch.from_numpy(frame.astype(np.float32) / 1023)[None, None]
     differ = total = 0
     with deterministic_cpu():
         for top, left, th, tw in tiles(*frame.shape, tile):
-            z = model.h_a(torch.abs(model.g_a(pad_replicate(x[..., top:top + th, left:left + tw]))))
+            z = model.h_a(torch.abs(model.g_a(frame_tensor(frame[top:top + th, left:left + tw], 1023))))
             medians = model.entropy_bottleneck._get_medians().detach().reshape(1, -1, 1, 1)
             z_hat = model.entropy_bottleneck.quantize(z, "dequantize", medians)
             ref = model.gaussian_conditional.build_indexes(model.h_s(z_hat))

@@ -58,6 +58,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from compressai.models import ScaleHyperprior
@@ -65,6 +66,7 @@ from compressai.models.utils import conv, deconv
 from torch import nn
 
 from splitfc.common.errors import BitstreamError, CodecError, SplitfcError
+from splitfc.common.preprocess import pad_frame, padded_size
 
 PAD_MULTIPLE = 64
 """Spatial size multiple the model needs (6 stride-2 stages)."""
@@ -273,18 +275,14 @@ def deterministic_cpu() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def padded_size(n: int, multiple: int = PAD_MULTIPLE) -> int:
-    """``n`` rounded up to ``multiple``."""
-    return int(math.ceil(n / multiple) * multiple)
-
-
-def pad_replicate(x: torch.Tensor, multiple: int = PAD_MULTIPLE) -> torch.Tensor:
-    """Pad a NxCxHxW tensor at the bottom/right to a multiple, replicating the edge."""
-    h, w = x.shape[-2:]
-    ph, pw = padded_size(h, multiple) - h, padded_size(w, multiple) - w
-    if ph == 0 and pw == 0:
-        return x
-    return F.pad(x, (0, pw, 0, ph), mode="replicate")
+def frame_tensor(frame: np.ndarray, levels: int | None = None) -> torch.Tensor:
+    """A HxW frame as the network's 1x1xH'xW' float32 input: padded at the bottom/right to a multiple of
+    `PAD_MULTIPLE` by edge replication (`splitfc.common.preprocess.pad_frame`), divided by ``levels``
+    (integer frames: ``2**bit_depth - 1``; None for frames already in [0, 1])."""
+    x = pad_frame(np.asarray(frame), PAD_MULTIPLE).astype(np.float32)
+    if levels is not None:
+        x /= levels
+    return torch.from_numpy(x)[None, None]
 
 
 def tiles(height: int, width: int, tile: int) -> list[tuple[int, int, int, int]]:
@@ -298,12 +296,12 @@ def tiles(height: int, width: int, tile: int) -> list[tuple[int, int, int, int]]
 
 def z_shape_for(height: int, width: int) -> tuple[int, int]:
     """Hyper-latent size of a tile of ``height`` x ``width`` once padded."""
-    return padded_size(height) // PAD_MULTIPLE, padded_size(width) // PAD_MULTIPLE
+    return padded_size(height, PAD_MULTIPLE) // PAD_MULTIPLE, padded_size(width, PAD_MULTIPLE) // PAD_MULTIPLE
 
 
 def y_symbols_for(height: int, width: int, M: int) -> int:
     """Number of ``y`` symbols of a tile (M channels at 1/16 of the padded size)."""
-    return M * (padded_size(height) // 16) * (padded_size(width) // 16)
+    return M * (padded_size(height, PAD_MULTIPLE) // 16) * (padded_size(width, PAD_MULTIPLE) // 16)
 
 
 def z_symbols_for(height: int, width: int, N: int) -> int:

@@ -31,7 +31,7 @@ from splitfc.common.learned.checkpoint import (
     state_path,
 )
 from splitfc.common.learned.data import Frame
-from splitfc.common.learned.model import FeatureHyperprior, pad_replicate
+from splitfc.common.learned.model import FeatureHyperprior, frame_tensor
 
 
 @dataclass
@@ -105,7 +105,7 @@ def evaluate_forward(model: FeatureHyperprior, frames: list[Frame]) -> dict[str,
     bpfps, mses = [], []
     for f in frames:
         h, w = f.x.shape
-        x = pad_replicate(torch.from_numpy(f.x)[None, None])
+        x = frame_tensor(f.x)
         out = model(x)
         bits = sum(-torch.log2(lk).sum() for lk in out["likelihoods"].values())
         bpfps.append(float(bits) / (h * w))
@@ -216,10 +216,5 @@ def untrained_checkpoint(split: str, output: Path, N: int = 32, M: int = 32, see
                                                    command="untrained"), output)
 
 
-def pad_frame_tensor(frame: np.ndarray) -> torch.Tensor:
-    """A HxW float frame as a padded 1x1xH'xW' tensor."""
-    return pad_replicate(torch.from_numpy(np.ascontiguousarray(frame, dtype=np.float32))[None, None])
-
-
-__all__ = ["CropSampler", "TrainOptions", "evaluate_forward", "pad_frame_tensor", "rd_terms", "train_codec",
+__all__ = ["CropSampler", "TrainOptions", "evaluate_forward", "rd_terms", "train_codec",
            "untrained_checkpoint"]
