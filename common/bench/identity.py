@@ -22,8 +22,7 @@ identified by content, not by path or modification time:
   ``vtm``, and for ``vvenc`` when its bitstreams are decoded by VTM).
 * **checkpoints**: SHA-256 of the hyperprior weights and of their JSON config for
   the (split, quality) a point codes with, and of the shared table file the
-  checkpoint loader reads (``GAUSSIAN_TABLES``) where there is one; a codec class
-  can instead define ``cache_token(split, rate)``.
+  checkpoint loader reads (``GAUSSIAN_TABLES``) where there is one.
 * **library versions** of the numerical packages on each path.
 
 `KeyContext` gathers these once per run. File hashes are cached per process by
@@ -303,26 +302,21 @@ def codec_tools(codec: str) -> dict[str, Any]:
 
 
 def codec_identity(codec: str) -> dict[str, Any]:
-    """A codec's name, version, external programs and module source (with what it imports: this
-    adds nothing for the codecs package's own codecs, but covers a codec registered from elsewhere)."""
+    """A codec's name, external programs and module source (with what it imports: this adds
+    nothing for the codecs package's own codecs, but covers a codec registered from elsewhere)."""
     from splitfc.common.codecs import CODECS
 
     cls = CODECS[codec]
-    return {"codec": codec, "version": str(getattr(cls, "version", "")), "tools": codec_tools(codec),
-            "source": source_identity((cls.__module__,))}
+    return {"codec": codec, "tools": codec_tools(codec), "source": source_identity((cls.__module__,))}
 
 
 def codec_point_token(codec: str, split: str, rate: int) -> Any:
-    """What else a codec's result at (split, rate) depends on: a ``cache_token(split, rate)``
-    classmethod if the codec has one, else, for a learned codec whose module defines
-    ``checkpoint_path(split, rate)`` (the hyperprior), the SHA-256 of the weights and of
+    """What else a codec's result at (split, rate) depends on: for a learned codec whose module
+    defines ``checkpoint_path(split, rate)`` (the hyperprior), the SHA-256 of the weights and of
     their JSON config, else nothing."""
     from splitfc.common.codecs import CODECS
 
     cls = CODECS[codec]
-    token = getattr(cls, "cache_token", None)
-    if callable(token):
-        return str(token(split, rate))
     locate = getattr(importlib.import_module(cls.__module__), "checkpoint_path", None)
     if not callable(locate):
         return None
