@@ -9,7 +9,7 @@ is reported separately (``header_bytes``).
 from __future__ import annotations
 
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from math import prod
 from pathlib import Path
 
@@ -73,7 +73,8 @@ class BitstreamStats:
     bpfp_with_header: float
 
     def as_dict(self) -> dict[str, object]:
-        d = asdict(self)
+        """The fields as a plain dict (``shape`` as a list); flat, so no deep copy (per request in the cloud)."""
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["shape"] = list(self.shape)
         return d
 
