@@ -17,6 +17,7 @@ from splitfc.common.codecs.base import Codec, Encoded
 from splitfc.common.errors import BitstreamError, NonFiniteError
 from splitfc.common.integrity import content_digest, verify_digest
 from splitfc.common.specs import SplitSpec
+from splitfc.common.untrusted import quote
 
 STORE_DTYPES = ("float32", "float16", "bfloat16")
 # Largest finite magnitude of each stored dtype (bfloat16: (2 - 2**-7) * 2**127).
@@ -57,6 +58,47 @@ def _from_store(data: bytes, store_dtype: str, shape: tuple[int, ...]) -> np.nda
     return np.frombuffer(data, dtype=np.dtype(store_dtype).newbyteorder("<"), count=count).reshape(shape)
 
 
+ZSTD_MAX_BLOCK = 128 * 1024
+"""Largest zstd block (decompressed): each costs at least 4 payload bytes (an RLE block)."""
+_READ_PIECE = 1 << 24
+
+
+def zstd_decompress_bounded(payload: bytes, expected: int) -> bytes:
+    """Decompress one zstd frame that must hold ``expected`` bytes, producing at most ``expected + 1``.
+
+    The frame's declared content size is checked before anything is allocated (zstandard honours
+    ``max_output_size`` only for frames *without* a declared size: a 32 KB frame declaring 1 GiB was
+    decompressed whole); either way the output is read through a bounded stream reader with a window
+    no larger than the expected content needs.
+    """
+    import zstandard
+
+    try:
+        declared = zstandard.frame_content_size(payload)
+    except zstandard.ZstdError:
+        raise BitstreamError("raw zstd payload is corrupt (no zstd frame header)") from None
+    if declared not in (-1, expected):  # -1: the frame does not say
+        raise BitstreamError(f"raw zstd frame declares {declared} bytes, the tensor needs {expected}")
+    window = 1 << max(20, min(27, max(expected, 1).bit_length()))
+    out: list[bytes] = []
+    size = 0
+    try:
+        reader = zstandard.ZstdDecompressor(max_window_size=window).stream_reader(payload, read_across_frames=False)
+        with reader:
+            while size <= expected:
+                piece = reader.read(min(_READ_PIECE, expected + 1 - size))
+                if not piece:
+                    break
+                out.append(piece)
+                size += len(piece)
+    except zstandard.ZstdError as exc:
+        raise BitstreamError(f"raw zstd payload is corrupt: {exc}") from None
+    if size != expected:
+        got = f"more than {expected}" if size > expected else str(size)
+        raise BitstreamError(f"raw zstd payload decompresses to {got} bytes, the tensor needs {expected}")
+    return b"".join(out) if len(out) != 1 else out[0]
+
+
 @register_codec
 class RawCodec(Codec):
     """Features as little-endian floats; ``rate`` is ignored (use 0)."""
@@ -65,6 +107,9 @@ class RawCodec(Codec):
     description: ClassVar[str] = "uncompressed float32/float16/bfloat16, optional zstd (lossless reference)"
     rate_name: ClassVar[str] = "none"
     rates: ClassVar[tuple[int, ...]] = (0,)
+    min_payload_bits_per_element: ClassVar[float] = 4 * 8 / (ZSTD_MAX_BLOCK / 2)
+    """Exact: zstd's densest coding is a 4-byte RLE block per 128 KiB, i.e. per 65536 float16/bfloat16
+    elements (1/2048 bit each); uncompressed payloads carry 16 or 32 bits per element."""
 
     def __init__(self, store_dtype: str | None = None, zstd_level: int = 0) -> None:
         if store_dtype is not None and store_dtype not in STORE_DTYPES:
@@ -91,18 +136,13 @@ class RawCodec(Codec):
         payload, extra = coded.payload, coded.extra
         store = extra.get("store_dtype", "float32")
         if store not in STORE_DTYPES:
-            raise BitstreamError(f"raw payload has unknown store dtype {store[:32]!r}")
+            raise BitstreamError(f"raw payload has unknown store dtype {quote(store)}")
         expected = int(np.prod(shape)) * (4 if store == "float32" else 2)
         compression = extra.get("compression", "none")
         if compression == "zstd":
-            import zstandard
-
-            try:
-                payload = zstandard.ZstdDecompressor().decompress(payload, max_output_size=expected)
-            except zstandard.ZstdError as exc:
-                raise BitstreamError(f"raw zstd payload is corrupt: {exc}") from None
+            payload = zstd_decompress_bounded(payload, expected)
         elif compression != "none":
-            raise BitstreamError(f"raw payload has unknown compression {compression[:32]!r}")
+            raise BitstreamError(f"raw payload has unknown compression {quote(compression)}")
         if len(payload) != expected:
             raise BitstreamError(f"raw payload has {len(payload)} bytes, shape {shape} of {store} needs {expected}")
         verify_digest(payload, coded.digest, "codec raw")
