@@ -27,14 +27,20 @@ from splitfc.common.errors import (
     SplitfcError,
     TooManyElementsError,
     UnknownCodecError,
+    UnknownNameError,
 )
 from splitfc.common.preprocess import FrameInfo
-from splitfc.common.specs import SplitSpec, get_split
+from splitfc.common.specs import SPLITS, SplitSpec, get_split
+from splitfc.common.untrusted import quote
 from splitfc.v1 import bitstream_pb2 as pb
 
 FORMAT_VERSION = 2
 """Version 2 added the required ``decoded_digest`` (integrity check of the decoded content)."""
 SFC_MAGIC = b"SPLITFC\x01"
+MAX_EXTRAS = 16
+"""Most ``codec.extra`` entries a bitstream may carry (codecs write two or three)."""
+MAX_EXTRA_CHARS = 256
+"""Longest ``codec.extra`` key or value (presets, checkpoint ids and split names are far shorter)."""
 
 _DTYPES: dict[str, int] = {
     "float32": pb.DTYPE_FLOAT32,
@@ -144,15 +150,28 @@ def validate_bitstream(msg: pb.FeatureBitstream, max_elements: int | None = None
 
 def _checked_header(
     msg: pb.FeatureBitstream, max_elements: int | None
-) -> tuple[SplitSpec, tuple[int, ...], FrameInfo | None]:
-    """`validate_bitstream`'s checks; returns the split, the tensor shape and the pre-processing."""
+) -> tuple[SplitSpec, tuple[int, ...], FrameInfo | None, bytes]:
+    """`validate_bitstream`'s checks; returns the split, the tensor shape, the pre-processing and the payload
+    (read once: every read of a protobuf bytes field is a copy)."""
     if msg.format_version != FORMAT_VERSION:
         raise FormatVersionError(
             f"unsupported bitstream format version {msg.format_version} (this reader knows {FORMAT_VERSION})"
         )
-    spec = get_split(msg.split)
+    if msg.split not in SPLITS:
+        raise UnknownNameError(f"unknown split {quote(msg.split)}; valid splits: {', '.join(SPLITS)}")
+    spec = SPLITS[msg.split]
     if msg.codec.codec not in CODECS:
-        raise UnknownCodecError(f"unknown codec {msg.codec.codec[:64]!r}; valid codecs: {', '.join(CODECS)}")
+        raise UnknownCodecError(f"unknown codec {quote(msg.codec.codec)}; valid codecs: {', '.join(CODECS)}")
+    codec_cls = CODECS[msg.codec.codec]
+    codec_cls.check_rate(msg.codec.rate)
+    extra = msg.codec.extra
+    if len(extra) > MAX_EXTRAS:
+        raise HeaderError(f"bitstream carries {len(extra)} codec extras, over the limit of {MAX_EXTRAS}")
+    for key, value in extra.items():
+        if len(key) > MAX_EXTRA_CHARS or len(value) > MAX_EXTRA_CHARS:
+            raise HeaderError(
+                f"codec extra {quote(key)} = {quote(value)} is over the limit of {MAX_EXTRA_CHARS} characters"
+            )
     if len(msg.tensors) != 1:
         raise BitstreamError(f"bitstream must carry exactly one tensor, found {len(msg.tensors)}")
     tensor = msg.tensors[0]
@@ -164,22 +183,34 @@ def _checked_header(
         raise TooManyElementsError(
             f"declared shape {shape} has {prod(shape)} elements, over the limit of {max_elements}"
         )
-    if zlib.crc32(msg.payload) != msg.payload_crc32:
+    elements = prod(shape)
+    payload = msg.payload
+    payload_bits = len(payload) * 8
+    if payload_bits < codec_cls.min_payload_bits_per_element * elements:
+        # Decode work grows with the declared elements: a payload cannot stand for more than its codec's
+        # smallest coding of them (e.g. a few hundred hyperprior bytes declaring 33 M elements).
+        raise TooManyElementsError(
+            f"declared shape {shape} has {elements} elements, over the limit of "
+            f"{int(payload_bits / codec_cls.min_payload_bits_per_element)} that a {len(payload)}-byte "
+            f"{codec_cls.name} payload can carry (at least {codec_cls.min_payload_bits_per_element:.3g} bits "
+            "per element)"
+        )
+    if zlib.crc32(payload) != msg.payload_crc32:
         raise ChecksumError("payload CRC32 mismatch: the bitstream is corrupt")
-    codec_cls = CODECS[msg.codec.codec]
     if codec_cls.truncation is not None and not msg.HasField("preprocessing"):
         raise HeaderError(f"codec {codec_cls.name} bitstream lacks pre-processing parameters")
     frame = FrameInfo.from_proto(msg.preprocessing, spec, shape) if msg.HasField("preprocessing") else None
-    return spec, shape, frame
+    return spec, shape, frame, payload
 
 
 def decode_features(msg: pb.FeatureBitstream, max_elements: int | None = None) -> np.ndarray:
     """Validate and decode a `FeatureBitstream` back into a feature tensor."""
-    spec, shape, frame = _checked_header(msg, max_elements)
+    spec, shape, frame, payload = _checked_header(msg, max_elements)
     codec = get_codec(msg.codec.codec)
     codec.require_available()
     tensor = msg.tensors[0]
-    coded = Encoded(msg.payload, frame, dict(msg.codec.extra), msg.decoded_digest)
+    coded = Encoded(payload, frame, dict(msg.codec.extra), msg.decoded_digest)
+    del payload  # held by `coded` alone from here
     try:
         out = codec.decode(coded, spec, shape, _NUMPY_DTYPE[tensor.dtype], msg.codec.rate)
     except SplitfcError:
