@@ -11,9 +11,24 @@ from __future__ import annotations
 
 import ipaddress
 
+from pydantic import model_validator
 from pydantic_settings import BaseSettings
 
 MIB = 1 << 20
+MAX_REQUEST_ID_CHARS = 128
+"""Longest request id the cloud accepts (a UUID is 32-36); longer ones are refused, never echoed."""
+MESSAGE_HEADROOM = 1024
+"""Bytes a request message needs beside the bitstream bytes it carries: field tags and lengths, a request
+id of up to `MAX_REQUEST_ID_CHARS` characters (UTF-8: <= 512 bytes), a chunk's ``total_bytes``."""
+MIN_MESSAGE_BYTES = 4 * MESSAGE_HEADROOM
+"""Smallest ``max_message_bytes`` either side accepts: below it a message carries (almost) no bitstream."""
+MAX_GRPC_MESSAGE_BYTES = (1 << 31) - 1
+"""gRPC takes the message limit as a signed 32-bit integer."""
+
+
+def bitstream_room(max_message_bytes: int) -> int:
+    """Most bitstream bytes one request message (``InferRequest`` or ``BitstreamChunk``) can carry."""
+    return max_message_bytes - MESSAGE_HEADROOM
 
 
 def is_loopback(host: str) -> bool:
@@ -36,6 +51,15 @@ class GrpcChannelSettings(BaseSettings):
     """Keepalive ping interval (the edge's must be >= the cloud's ``min_ping_interval_ms``)."""
     keepalive_timeout_ms: int = 10_000
     """How long to wait for a keepalive ack."""
+
+    @model_validator(mode="after")
+    def _message_limit_works(self) -> GrpcChannelSettings:
+        if not MIN_MESSAGE_BYTES <= self.max_message_bytes <= MAX_GRPC_MESSAGE_BYTES:
+            raise ValueError(
+                f"max_message_bytes={self.max_message_bytes} cannot work: it must be in [{MIN_MESSAGE_BYTES}, "
+                f"{MAX_GRPC_MESSAGE_BYTES}] (a message needs {MESSAGE_HEADROOM} bytes of framing besides its data)"
+            )
+        return self
 
     def channel_options(self) -> list[tuple[str, int]]:
         """The channel arguments both sides set the same way."""

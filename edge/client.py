@@ -1,7 +1,10 @@
 """The edge's gRPC client: send one serialized bitstream, get the task result back.
 
-Bitstreams up to ``chunk_bytes`` go unary (``Infer``); larger ones as a stream
-of chunks (``InferChunked``). Only UNAVAILABLE and server-side stream resets (CANCELLED) are
+Bitstreams up to the chunk size go unary (``Infer``); larger ones as a stream
+of chunks (``InferChunked``). The chunk size is ``chunk_bytes``, capped so that a
+chunk plus its framing fits the smaller of this side's ``max_message_bytes`` and
+the server's (read once from ``GetInfo`` when a bitstream is large enough for it
+to matter). Only UNAVAILABLE and server-side stream resets (CANCELLED) are
 retried (inference is idempotent), with exponential
 backoff and jitter, inside one deadline for all attempts together.
 
@@ -19,6 +22,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from splitfc.common.transport import MIN_MESSAGE_BYTES, bitstream_room
 from splitfc.edge.security import call_metadata, channel_for
 from splitfc.edge.settings import EdgeSettings
 from splitfc.v1 import service_pb2 as svc
@@ -29,6 +33,9 @@ GRPC_FRAME_HEADER = 5
 
 # Inference is idempotent: these are retried with backoff within the deadline.
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
+ALWAYS_FITS = bitstream_room(MIN_MESSAGE_BYTES)
+"""Bitstreams up to this size fit one message of any server (none accepts a smaller message limit)."""
+INFO_TIMEOUT_S = 5.0
 
 
 @dataclass
@@ -89,6 +96,10 @@ class EdgeClient:
             _method_path("InferChunked"), request_serializer=_as_is,
             response_deserializer=svc.InferResponse.FromString,
         )
+        self.server_max_message_bytes: int | None = None
+        """The server's message limit (GetInfo), once known."""
+        self._limits_known = False
+        self._limits_lock = asyncio.Lock()
 
     async def __aenter__(self) -> EdgeClient:
         return self
@@ -99,10 +110,42 @@ class EdgeClient:
     async def close(self) -> None:
         await self.channel.close()
 
-    async def info(self, timeout: float = 10.0) -> svc.ServerInfo:
-        return await self.stub.GetInfo(
-            svc.GetInfoRequest(), timeout=timeout, wait_for_ready=True, metadata=self.metadata
+    async def info(self, timeout: float = 10.0, wait_for_ready: bool = True) -> svc.ServerInfo:
+        info = await self.stub.GetInfo(
+            svc.GetInfoRequest(), timeout=timeout, wait_for_ready=wait_for_ready, metadata=self.metadata
         )
+        if info is not None:
+            self._learn(info)
+        return info
+
+    def _learn(self, info: svc.ServerInfo) -> None:
+        limit = info.limits.max_message_bytes
+        self.server_max_message_bytes = int(limit) if limit >= MIN_MESSAGE_BYTES else None
+        self._limits_known = True
+
+    async def _learn_limits(self, timeout: float) -> None:
+        """Ask the server for its message limit once (concurrent callers share the one call)."""
+        async with self._limits_lock:
+            if self._limits_known or timeout <= 0:
+                return
+            try:
+                await self.info(timeout=min(INFO_TIMEOUT_S, timeout), wait_for_ready=False)
+                self._limits_known = True  # also when the answer did not parse: use our own limit
+            except grpc.aio.AioRpcError as exc:
+                # UNAVAILABLE / a deadline: ask again next time; anything else (UNIMPLEMENTED, ...): stop asking.
+                if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    self._limits_known = True
+
+    def message_limit(self) -> int:
+        """The message limit both sides accept: ours, or the server's when smaller."""
+        own = self.settings.max_message_bytes
+        return own if self.server_max_message_bytes is None else min(own, self.server_max_message_bytes)
+
+    def chunk_size(self) -> int:
+        """Bitstream bytes per message: ``chunk_bytes``, capped by the message limit minus framing."""
+        chunk = self.settings.chunk_bytes
+        assert chunk is not None  # EdgeSettings fills it in
+        return min(chunk, bitstream_room(self.message_limit()))
 
     async def wait_ready(self, timeout: float = 60.0) -> svc.ServerInfo:
         """Wait until the server answers GetInfo with ready = true."""
@@ -121,9 +164,10 @@ class EdgeClient:
 
     def request_messages(self, request_id: str, data: bytes) -> tuple[bool, list[bytes]]:
         """(chunked, serialized messages) of one bitstream: one ``InferRequest``, or the ``BitstreamChunk`` s."""
-        if len(data) <= self.settings.chunk_bytes:
+        chunk = self.chunk_size()
+        if len(data) <= chunk:
             return False, [svc.InferRequest(request_id=request_id, bitstream=data).SerializeToString()]
-        return True, [c.SerializeToString() for c in chunk_messages(request_id, data, self.settings.chunk_bytes)]
+        return True, [c.SerializeToString() for c in chunk_messages(request_id, data, chunk)]
 
     def wire_bytes(self, request_id: str, data: bytes) -> int:
         """Request bytes one attempt puts on the wire: serialized messages + gRPC frame headers."""
@@ -147,6 +191,8 @@ class EdgeClient:
         end = t0 + deadline_s
         attempt = 0
         backoff = s.backoff_initial_s
+        if len(data) > ALWAYS_FITS and not self._limits_known:
+            await self._learn_limits((end - time.perf_counter()) / 2)
         chunked, messages = self.request_messages(request_id, data)
         wire = sum(len(m) + GRPC_FRAME_HEADER for m in messages)
         while True:

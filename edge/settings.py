@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import SecretStr
+from pydantic import SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from splitfc.common.transport import MIB, GrpcChannelSettings
+from splitfc.common.transport import MESSAGE_HEADROOM, MIB, GrpcChannelSettings, bitstream_room
+
+DEFAULT_CHUNK_BYTES = 4 * MIB
 
 
 class EdgeSettings(GrpcChannelSettings):
@@ -28,8 +30,10 @@ class EdgeSettings(GrpcChannelSettings):
     backoff_multiplier: float = 2.0
     deadline_s: float = 60.0
     """Per request, all attempts together."""
-    chunk_bytes: int = 4 * MIB
-    """Bitstreams up to this size go unary; larger ones as chunks of this size."""
+    chunk_bytes: int | None = None
+    """Bitstreams up to this size go unary; larger ones as chunks of this size. Default 4 MiB, or less when
+    ``max_message_bytes`` (or the server's limit, from GetInfo) leaves less room: a message carries at most
+    ``max_message_bytes - 1024`` bitstream bytes (``MESSAGE_HEADROOM``: tags, lengths, request id)."""
     workers: int = 2
     """Threads running head + encode (CPU work)."""
     torch_threads: int = 1
@@ -53,6 +57,18 @@ class EdgeSettings(GrpcChannelSettings):
     """The bearer token itself (env ``SPLITFC_EDGE_TOKEN``); ``token_file`` wins when both are set."""
     allow_plaintext: bool = False
     """Talk plaintext to a non-loopback cloud (``--insecure``); loopback is always allowed."""
+
+    @model_validator(mode="after")
+    def _chunks_fit_messages(self) -> EdgeSettings:
+        room = bitstream_room(self.max_message_bytes)
+        if self.chunk_bytes is None:
+            self.chunk_bytes = min(DEFAULT_CHUNK_BYTES, room)
+        elif not 1 <= self.chunk_bytes <= room:
+            raise ValueError(
+                f"chunk_bytes={self.chunk_bytes} cannot work with max_message_bytes={self.max_message_bytes}: "
+                f"a chunk carries 1 to {room} bytes (the message limit minus {MESSAGE_HEADROOM} of framing)"
+            )
+        return self
 
     def grpc_options(self) -> list[tuple[str, int]]:
         """Channel arguments of the client."""
