@@ -8,6 +8,16 @@ CPU work runs in a thread pool of ``max_concurrency`` workers, off the event
 loop. A worker slot is released only when its thread finishes, even if the
 caller gave up (deadline, cancel): the CPU bound holds.
 
+Workers go to clients fairly (`FairSlots`): a freed worker goes to the waiting
+request of the client running the fewest, and a client that fills the queue
+gives way to one that has less waiting. Work stops for a caller that is gone: a
+request whose deadline passed while queued never starts, external decoders are
+killed (`stop_when`), the tail is skipped once the deadline passed or the caller
+left. A request's bytes are held in one `Payload` that is emptied when the
+request ends, and failures are returned `detached` (no traceback): what a failed
+request held is freed by reference counting, without waiting for the garbage
+collector.
+
 Errors come in typed (`splitfc.common.errors`) and go out as `RequestFailed`
 with a transport-free `Status`; the entrypoints (``cloud/servicer.py`` for gRPC,
 ``cloud/http.py``) translate. As vLLM separates its engine from its entrypoints.
@@ -16,8 +26,10 @@ with a transport-free `Status`; the entrypoints (``cloud/servicer.py`` for gRPC,
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,10 +42,13 @@ from splitfc.cloud.metrics import CloudMetrics, codec_label, split_label
 from splitfc.cloud.settings import CloudSettings
 from splitfc.common.bitstream import FORMAT_VERSION, bitstream_stats, decode_features, parse_bitstream
 from splitfc.common.codecs import CODECS
-from splitfc.common.errors import ShapeError, SplitfcError
+from splitfc.common.codecs._external import stop_when
+from splitfc.common.errors import ShapeError, SplitfcError, TooManyElementsError
 from splitfc.common.models.base import SplitModel
 from splitfc.common.specs import SPLITS
 from splitfc.common.tasks import get_task
+from splitfc.common.transport import MAX_REQUEST_ID_CHARS
+from splitfc.common.untrusted import clip, quote
 from splitfc.common.wire import task_result_to_proto
 from splitfc.v1 import bitstream_pb2 as bpb
 from splitfc.v1 import service_pb2 as svc
@@ -43,6 +58,43 @@ Bitstream = bytes | bpb.FeatureBitstream
 
 DEADLINE_SLACK_S = 0.5
 """A cancellation this close to the deadline is counted as DEADLINE_EXCEEDED (see `InferenceEngine.run`)."""
+
+
+class Payload:
+    """A request's bitstream, held in one place: `drop` (when the request ends) frees it even if a frame
+    or a traceback somewhere still refers to the holder."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: Bitstream | None) -> None:
+        self.data = data
+
+    def drop(self) -> None:
+        self.data = None
+
+
+class WorkStop:
+    """Why a request's work should stop: its deadline passed, or the caller went away."""
+
+    __slots__ = ("abandoned", "deadline")
+
+    def __init__(self, deadline: float | None) -> None:
+        self.deadline = deadline
+        """The caller's deadline on ``time.monotonic()``'s clock (None: none)."""
+        self.abandoned: str | None = None
+        """Set by the event loop when nobody waits for the result any more."""
+
+    def reason(self) -> str | None:
+        if self.abandoned is not None:
+            return self.abandoned
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            return "deadline exceeded"
+        return None
+
+    def failure(self, where: str) -> RequestFailed:
+        reason = self.reason() or "stopped"
+        status = Status.DEADLINE_EXCEEDED if reason == "deadline exceeded" else Status.CANCELLED
+        return RequestFailed(status, f"{reason} {where}")
 
 
 @dataclass
@@ -58,6 +110,7 @@ class RequestRecord:
     timings_ms: dict[str, float] = field(default_factory=dict)
     status: str = "OK"
     message: str = ""
+    client: str = ""
 
 
 @dataclass(frozen=True)
@@ -80,6 +133,166 @@ def default_model_loader(split_id: str, preset: str) -> SplitModel:
     return get_split_model(split_id, preset=preset)
 
 
+def served_max_tokens(model: SplitModel) -> int | None:
+    """Longest sequence a served model takes (its ``max_position_embeddings``), if it has one.
+
+    Looks through wrappers that keep the real model as ``inner`` (test doubles)."""
+    seen = 0
+    current: Any = model
+    while current is not None and seen < 4:
+        config = getattr(getattr(current, "model", None), "config", None)
+        n = getattr(config, "max_position_embeddings", None)
+        if isinstance(n, int) and n > 0:
+            return n
+        current, seen = getattr(current, "inner", None), seen + 1
+    return None
+
+
+def request_id_problem(request_id: str) -> str | None:
+    """Why a client's request id is refused (None: it is fine)."""
+    if len(request_id) > MAX_REQUEST_ID_CHARS:
+        return (f"request_id of {len(request_id)} characters is over the limit of {MAX_REQUEST_ID_CHARS}: "
+                f"{quote(request_id)}")
+    return None
+
+
+class FairSlots:
+    """``max_concurrency`` worker slots shared fairly between clients (event loop only: no lock).
+
+    A freed slot goes to the waiting request of the client with the fewest running, among equals the
+    one served least recently (round robin), so a client with a long queue cannot keep another's
+    request waiting behind all of its own. The queue holds at most ``max_queue`` requests; when it is
+    full, a request of a client with fewer waiting takes the place of the newest request of the client
+    with the most (that one is refused with RESOURCE_EXHAUSTED), so one client cannot fill the queue
+    for everyone.
+    """
+
+    def __init__(self, slots: int, max_queue: int, on_queue_change: Callable[[int], None]) -> None:
+        self.slots = slots
+        self.max_queue = max_queue
+        self.free = slots
+        self.running: dict[str, int] = {}
+        self.waiting: dict[str, deque[tuple[int, asyncio.Future[None]]]] = {}
+        self.queued = 0
+        self._seq = itertools.count()
+        self._served: dict[str, int] = {}
+        """When each client with requests running or waiting was last given a slot (`_seq` order)."""
+        self._on_queue_change = on_queue_change
+
+    def _busy(self, detail: str) -> RequestFailed:
+        return RequestFailed(
+            Status.RESOURCE_EXHAUSTED,
+            f"server busy: {self.slots} requests running and {self.queued} waiting (max_queue {self.max_queue})"
+            f"{detail}; retry later",
+            limit="queue",
+        )
+
+    def _make_room(self, client: str) -> None:
+        """Queue full: push out the newest waiter of the client with the most waiting, if it has more than
+        ``client`` would; else refuse ``client``."""
+        mine = len(self.waiting.get(client, ()))
+        heaviest = max(self.waiting, key=lambda c: len(self.waiting[c]), default=None)
+        if heaviest is None or len(self.waiting[heaviest]) <= mine + 1:
+            raise self._busy("")
+        _, victim = self.waiting[heaviest].pop()
+        if not self.waiting[heaviest]:
+            del self.waiting[heaviest]
+            self._tidy(heaviest)
+        self._set_queued(self.queued - 1)
+        victim.set_exception(self._busy(", and another client was waiting with fewer requests"))
+
+    def _set_queued(self, n: int) -> None:
+        self.queued = n
+        self._on_queue_change(n)
+
+    async def acquire(self, client: str) -> None:
+        """Take a slot for ``client``, waiting in the queue if needed; raises `RequestFailed` (queue)."""
+        if self.free > 0:  # a free slot means nobody live is waiting (release hands slots to waiters first)
+            self.free -= 1
+            self._grant(client)
+            return
+        if self.queued >= self.max_queue:
+            self._make_room(client)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (next(self._seq), fut)
+        self.waiting.setdefault(client, deque()).append(entry)
+        self._set_queued(self.queued + 1)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                self.release(client)  # granted just as the caller left: hand the slot on
+            else:
+                self._forget(client, entry)
+            raise
+        except RequestFailed as exc:
+            raise exc.detached() from None
+
+    def _grant(self, client: str) -> None:
+        self.running[client] = self.running.get(client, 0) + 1
+        self._served[client] = next(self._seq)
+
+    def _tidy(self, client: str) -> None:
+        if client not in self.running and client not in self.waiting:
+            self._served.pop(client, None)
+
+    def _forget(self, client: str, entry: tuple[int, asyncio.Future[None]]) -> None:
+        queue = self.waiting.get(client)
+        if queue is not None and entry in queue:
+            queue.remove(entry)
+            if not queue:
+                del self.waiting[client]
+            self._set_queued(self.queued - 1)
+        self._tidy(client)
+
+    def release(self, client: str) -> None:
+        """Give ``client``'s slot back: to the fairest waiter, else to the pool."""
+        n = self.running.get(client, 0) - 1
+        if n > 0:
+            self.running[client] = n
+        else:
+            self.running.pop(client, None)
+        self._tidy(client)
+        while self.waiting:
+            nxt = min(self.waiting, key=lambda c: (self.running.get(c, 0), self._served.get(c, -1)))
+            queue = self.waiting[nxt]
+            _, fut = queue.popleft()
+            if not queue:
+                del self.waiting[nxt]
+            self._set_queued(self.queued - 1)
+            if fut.done():  # cancelled while queued (its task removes nothing more)
+                self._tidy(nxt)
+                continue
+            self._grant(nxt)
+            fut.set_result(None)
+            return
+        self.free += 1
+
+
+class ByteBudget:
+    """Bytes held at once across requests (the chunked-upload budget); event loop only."""
+
+    def __init__(self, limit: int, on_change: Callable[[int], None]) -> None:
+        self.limit = limit
+        self.used = 0
+        self._on_change = on_change
+
+    def left(self) -> int:
+        return self.limit - self.used
+
+    def take(self, n: int) -> bool:
+        """Reserve ``n`` bytes; False (nothing taken) when that would pass the limit."""
+        if self.used + n > self.limit:
+            return False
+        self.used += n
+        self._on_change(self.used)
+        return True
+
+    def give(self, n: int) -> None:
+        self.used -= n
+        self._on_change(self.used)
+
+
 class InferenceEngine:
     """Models, admission control and the request pipeline behind every entrypoint."""
 
@@ -100,9 +313,10 @@ class InferenceEngine:
         self.load_error: str | None = None
         self.codec_status = {name: cls.unavailable_reason() for name, cls in CODECS.items()}
         self._executor = ThreadPoolExecutor(max_workers=settings.max_concurrency, thread_name_prefix="splitfc-worker")
-        self._slots: asyncio.Semaphore | None = None
-        self._waiting = 0
+        self._slots: FairSlots | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.upload_budget = ByteBudget(settings.max_buffered_upload_bytes, metrics.buffered_upload_bytes.set)
+        """Bytes of chunked uploads held now (``max_buffered_upload_bytes``); the entrypoints charge it."""
 
     # -- start-up ---------------------------------------------------------------------------
     def load_models(self) -> None:
@@ -119,17 +333,27 @@ class InferenceEngine:
 
     def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._slots = asyncio.Semaphore(self.settings.max_concurrency)
+        self._slots = FairSlots(self.settings.max_concurrency, self.settings.max_queue, self.metrics.queued.set)
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     # -- info -----------------------------------------------------------------------------
+    def max_tokens(self, split_id: str) -> int | None:
+        """Longest token count the served model of a variable-length split takes (None: not such a split)."""
+        model = self.models.get(split_id)
+        if model is None or None not in model.expected_shape():
+            return None
+        return served_max_tokens(model)
+
     def max_elements(self, split_id: str) -> int:
         limit = self.settings.max_elements_for(split_id)
         model = self.models.get(split_id)
         if model is not None:
             shape = model.expected_shape()
+            tokens = self.max_tokens(split_id)
+            if tokens is not None:
+                shape = tuple(tokens if s is None else s for s in shape)
             if all(s is not None for s in shape):
                 limit = min(limit, prod(int(s) for s in shape))  # type: ignore[arg-type]
         return limit
@@ -165,7 +389,8 @@ class InferenceEngine:
 
     # -- the work (runs in a worker thread) --------------------------------------------------
     def _check_shape(self, split: str, shape: tuple[int, ...]) -> None:
-        """Raise `ShapeError` unless ``shape`` fits the split's layout and the served model."""
+        """Raise `ShapeError` unless ``shape`` fits the split's layout and the served model (and
+        `TooManyElementsError` past the served model's longest sequence)."""
         SPLITS[split].check_shape(shape)
         expected = self.models[split].expected_shape()
         fits = len(shape) == len(expected) and all(e is None or e == d for e, d in zip(expected, shape, strict=True))
@@ -175,6 +400,14 @@ class InferenceEngine:
                 f"declared shape {'x'.join(map(str, shape))} does not fit split {split} "
                 f"as served ({self.settings.preset} preset expects {exp})"
             )
+        tokens = self.max_tokens(split)
+        if tokens is not None:
+            declared = max(d for d, e in zip(shape, expected, strict=True) if e is None)
+            if declared > tokens:
+                raise TooManyElementsError(
+                    f"declared shape {'x'.join(map(str, shape))} has {declared} tokens, over the limit of {tokens} "
+                    f"(the served model's max_position_embeddings)"
+                )
 
     def _decode_time_exceeded(self, seconds: float) -> RequestFailed:
         limit = self.settings.max_decode_seconds
@@ -184,14 +417,22 @@ class InferenceEngine:
             limit="decode_time",
         )
 
-    def work(self, data: Bitstream, rec: RequestRecord) -> tuple[svc.TaskResult, float, float]:
+    def work(
+        self, data: Bitstream, rec: RequestRecord, stop: WorkStop | None = None,
+    ) -> tuple[svc.TaskResult, float, float]:
         """One request's CPU work, blocking: parse, validate, decode, tail -> (result, decode s, tail s).
 
-        Raises `RequestFailed`. Entrypoints call `run`; benchmarks call this to measure the work alone.
+        ``stop`` says when the caller no longer waits: the work does not start, external decoders are
+        killed, the tail is skipped. Raises `RequestFailed`. Entrypoints call `run`; benchmarks call this
+        to measure the work alone.
         """
+        stop = stop or WorkStop(None)
+        if stop.reason() is not None:
+            raise stop.failure("before the work started; not started")
         t0 = time.perf_counter()
         try:
             msg = parse_bitstream(data) if isinstance(data, bytes) else data
+            del data
             rec.split, rec.codec, rec.qp = msg.split or None, msg.codec.codec or None, msg.codec.rate
             split = msg.split
             if msg.format_version == FORMAT_VERSION and split in SPLITS:
@@ -205,17 +446,23 @@ class InferenceEngine:
                     )
                 if len(msg.tensors) == 1:
                     self._check_shape(split, tuple(int(d) for d in msg.tensors[0].shape))
-            features = decode_features(msg, self.max_elements(split) if split in SPLITS else None)
+            with stop_when(stop.reason):
+                features = decode_features(msg, self.max_elements(split) if split in SPLITS else None)
             model = self.models[split]
             rec.stats = bitstream_stats(msg).as_dict()
+            del msg
         except RequestFailed:
             raise
         except SplitfcError as exc:
+            if stop.reason() is not None:  # e.g. an external decoder killed because the caller left
+                raise stop.failure("during decoding") from None
             raise RequestFailed.from_error(exc) from None
         t1 = time.perf_counter()
         limit = self.settings.max_decode_seconds
         if limit > 0 and t1 - t0 > limit:
             raise self._decode_time_exceeded(t1 - t0)  # the caller has its answer already; skip the tail
+        if stop.reason() is not None:
+            raise stop.failure("during decoding; tail skipped")
         try:
             out = model.tail(features)
             result = task_result_to_proto(out)
@@ -224,59 +471,90 @@ class InferenceEngine:
             raise RequestFailed(Status.INTERNAL, f"tail of {split} failed: {type(exc).__name__}: {exc}") from None
         return result, t1 - t0, time.perf_counter() - t1
 
+    def _work_outcome(
+        self, payload: Payload, rec: RequestRecord, stop: WorkStop,
+    ) -> tuple[svc.TaskResult, float, float] | RequestFailed:
+        """`work` for the thread pool: a failure is returned `detached`, never raised through the futures
+        (a raised exception would carry the work's frames, and with them the payload, into the event loop)."""
+        data = payload.data
+        if data is None:
+            return RequestFailed(Status.CANCELLED, "request ended before its work started")
+        try:
+            return self.work(data, rec, stop)
+        except RequestFailed as exc:
+            return exc.detached()
+        except Exception as exc:  # a bug: still an answer, and a log line with the traceback
+            self.log.exception("request failed", extra={"fields": {"request_id": rec.request_id}})
+            return RequestFailed(Status.INTERNAL, f"{type(exc).__name__}: {exc}")
+        finally:
+            del data
+
     # -- one request on the event loop --------------------------------------------------------
     async def _admit_and_work(
-        self, data: Bitstream, rec: RequestRecord, t_start: float, deadline: float | None,
+        self, payload: Payload, rec: RequestRecord, t_start: float, stop: WorkStop,
     ) -> InferOutcome:
         """Admit, decode, run the tail; raise `RequestFailed` for any non-OK outcome."""
         if not self.ready:
             raise RequestFailed(Status.UNAVAILABLE, "models are still loading; retry later")
-        size = len(data) if isinstance(data, bytes) else data.ByteSize()
+        data = payload.data
+        size = len(data) if isinstance(data, bytes) else data.ByteSize()  # type: ignore[union-attr]
+        del data
         if size > self.settings.max_bitstream_bytes:
             raise RequestFailed(
                 Status.RESOURCE_EXHAUSTED,
                 f"bitstream of {size} bytes is over the limit of {self.settings.max_bitstream_bytes}",
                 "oversized", limit="bitstream_bytes",
             )
-        if deadline is not None and deadline <= time.monotonic():
+        if stop.reason() is not None:
             raise RequestFailed(Status.DEADLINE_EXCEEDED, "deadline expired before the request was admitted")
-        assert self._slots is not None and self._loop is not None
-        if self._slots.locked() and self._waiting >= self.settings.max_queue:
-            raise RequestFailed(
-                Status.RESOURCE_EXHAUSTED,
-                f"server busy: {self.settings.max_concurrency} requests running and "
-                f"{self._waiting} waiting (max_queue {self.settings.max_queue}); retry later",
-                limit="queue",
-            )
+        slots, loop = self._slots, self._loop
+        assert slots is not None and loop is not None
         t_queue = time.perf_counter()
-        self._waiting += 1
-        self.metrics.queued.inc()
         try:
-            await self._slots.acquire()
-        finally:
-            self._waiting -= 1
-            self.metrics.queued.dec()
+            async with asyncio.timeout(None if stop.deadline is None else stop.deadline - time.monotonic()):
+                await slots.acquire(rec.client)
+        except TimeoutError:
+            raise RequestFailed(Status.DEADLINE_EXCEEDED, "deadline expired while the request was queued; "
+                                "not started") from None
         queue_s = time.perf_counter() - t_queue
-        loop = self._loop
-        slots = self._slots
+        if stop.reason() is not None:
+            slots.release(rec.client)
+            raise stop.failure("while the request was queued; not started")
+        client = rec.client
         try:
-            cfut = self._executor.submit(self.work, data, rec)
+            cfut = self._executor.submit(self._work_outcome, payload, rec, stop)
         except RuntimeError:
-            slots.release()
+            slots.release(client)
             raise RequestFailed(Status.UNAVAILABLE, "server is shutting down") from None
-        cfut.add_done_callback(lambda _f: loop.call_soon_threadsafe(slots.release))
+        cfut.add_done_callback(lambda _f: loop.call_soon_threadsafe(slots.release, client))
         work = asyncio.wrap_future(cfut)
+        work.add_done_callback(lambda f: f.cancelled() or f.exception())  # nobody may be waiting any more
+        del cfut
         limit = self.settings.max_decode_seconds
-        if limit > 0:
-            # A thread cannot be killed: past the limit the caller gets its answer now, the worker
-            # slot stays taken until the thread returns (the CPU bound holds), its result is dropped.
-            work.add_done_callback(lambda f: f.cancelled() or f.exception())
-            try:
-                result, decode_s, tail_s = await asyncio.wait_for(asyncio.shield(work), limit)
-            except TimeoutError:
-                raise self._decode_time_exceeded(time.perf_counter() - t_queue - queue_s) from None
-        else:
-            result, decode_s, tail_s = await work
+        t_work = time.perf_counter()
+        waits = [limit] if limit > 0 else []
+        if stop.deadline is not None:
+            waits.append(stop.deadline - time.monotonic())
+        try:
+            if waits:
+                # A thread cannot be killed: past the limit or the deadline the caller gets its answer now,
+                # the worker slot stays taken until the thread returns (the CPU bound holds); `stop` tells
+                # the worker to skip what is left (external decoders, the tail) and its result is dropped.
+                outcome = await asyncio.wait_for(asyncio.shield(work), max(0.0, min(waits)))
+            else:
+                outcome = await work
+        except TimeoutError:
+            if stop.reason() == "deadline exceeded":
+                stop.abandoned = "deadline exceeded"
+                raise RequestFailed(Status.DEADLINE_EXCEEDED, "deadline exceeded during decoding") from None
+            stop.abandoned = "over max_decode_seconds"
+            raise self._decode_time_exceeded(time.perf_counter() - t_work) from None
+        except asyncio.CancelledError:
+            stop.abandoned = "cancelled"
+            raise
+        if isinstance(outcome, RequestFailed):
+            raise outcome
+        result, decode_s, tail_s = outcome
         total_s = time.perf_counter() - t_start
         rec.timings_ms = {
             "queue_ms": queue_s * 1e3, "decode_ms": decode_s * 1e3, "tail_ms": tail_s * 1e3, "total_ms": total_s * 1e3,
@@ -296,8 +574,9 @@ class InferenceEngine:
             m.bpfp.labels(split, codec).observe(rec.stats["bpfp"])
         if self.log.isEnabledFor(logging.INFO):
             fields: dict[str, Any] = {
-                "side": "cloud", "event": "request", "request_id": rec.request_id, "method": rec.method,
-                "split": rec.split, "codec": rec.codec, "qp": rec.qp, "status": rec.status,
+                "side": "cloud", "event": "request", "request_id": clip(rec.request_id, MAX_REQUEST_ID_CHARS),
+                "method": rec.method, "split": None if rec.split is None else clip(rec.split),
+                "codec": None if rec.codec is None else clip(rec.codec), "qp": rec.qp, "status": rec.status,
             }
             if rec.stats:
                 fields.update(
@@ -309,39 +588,58 @@ class InferenceEngine:
                 fields["error"] = rec.message
             self.log.info("", extra={"fields": fields})
 
+    def cancelled(self, deadline: float | None, what: str = "") -> RequestFailed:
+        """The failure a request gone with its call is counted as: DEADLINE_EXCEEDED when its deadline is
+        (about) up, else CANCELLED. The client's own deadline fires first and cancels the call; the server's
+        copy of the deadline (taken when the request arrived) runs out a transit time later."""
+        expired = deadline is not None and deadline - time.monotonic() <= DEADLINE_SLACK_S
+        if expired:
+            return RequestFailed(Status.DEADLINE_EXCEEDED, f"deadline exceeded{what}")
+        return RequestFailed(Status.CANCELLED, f"cancelled by the client{what}")
+
     async def run(
-        self, method: str, request_id: str, data: Bitstream | None, t_start: float,
-        deadline: float | None = None, failure: RequestFailed | None = None,
+        self, method: str, request_id: str, data: Bitstream | Payload | None, t_start: float,
+        deadline: float | None = None, failure: RequestFailed | None = None, client: str = "",
     ) -> tuple[InferOutcome | None, RequestFailed | None]:
         """Process one request and account for it: (outcome, None) or (None, failure).
 
         ``deadline`` is the caller's deadline on ``time.monotonic()``'s clock (None: none);
-        ``failure`` is an error the entrypoint found before (the request is counted with it).
+        ``failure`` is an error the entrypoint found before (the request is counted with it); ``client``
+        whom the request counts against for fair scheduling (`FairSlots`). ``data`` may come in a
+        `Payload`, which is emptied when the request ends; the returned failure carries no traceback.
         """
-        rec = RequestRecord(request_id=request_id, method=method)
+        payload = data if isinstance(data, Payload) else Payload(data)
+        del data
+        rec = RequestRecord(request_id=request_id, method=method, client=client)
+        stop = WorkStop(deadline)
         self.metrics.inflight.inc()
         try:
-            if data is None:
-                raise failure or RequestFailed(Status.INVALID_ARGUMENT, "request carries no bitstream")
-            return await self._admit_and_work(data, rec, t_start, deadline), None
+            if failure is not None:
+                raise failure
+            problem = request_id_problem(request_id)
+            if problem is not None:
+                raise RequestFailed(Status.INVALID_ARGUMENT, problem)
+            if payload.data is None:
+                raise RequestFailed(Status.INVALID_ARGUMENT, "request carries no bitstream")
+            return await self._admit_and_work(payload, rec, t_start, stop), None
         except RequestFailed as exc:
             rec.status, rec.message = exc.status.name, exc.message
             if exc.limit is not None:
                 self.metrics.limit_rejections.labels(exc.limit).inc()
             if exc.reason is not None:
                 self.metrics.decode_errors.labels(split_label(rec.split), codec_label(rec.codec), exc.reason).inc()
-            return None, exc
+            return None, exc.detached()
         except asyncio.CancelledError:
-            # The client's own deadline fires first and cancels the call: the server's copy of the
-            # deadline (taken when the request arrived) runs out a transit time later.
-            expired = deadline is not None and deadline - time.monotonic() <= DEADLINE_SLACK_S
-            rec.status = "DEADLINE_EXCEEDED" if expired else "CANCELLED"
-            rec.message = "deadline exceeded" if expired else "cancelled by the client"
+            stop.abandoned = "cancelled"
+            gone = self.cancelled(deadline)
+            rec.status, rec.message = gone.status.name, gone.message
             raise
         except Exception as exc:  # a bug: still an answer, and a log line with the traceback
-            self.log.exception("request failed", extra={"fields": {"request_id": request_id}})
-            rec.status, rec.message = "INTERNAL", f"{type(exc).__name__}: {exc}"
-            return None, RequestFailed(Status.INTERNAL, rec.message)
+            self.log.exception("request failed", extra={"fields": {"request_id": clip(request_id)}})
+            bug = RequestFailed(Status.INTERNAL, f"{type(exc).__name__}: {exc}")
+            rec.status, rec.message = "INTERNAL", bug.message
+            return None, bug
         finally:
+            payload.drop()
             self.metrics.inflight.dec()
             self.finish(rec)

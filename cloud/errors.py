@@ -10,6 +10,7 @@ to HTTP codes) so the engine needs no transport import.
 from __future__ import annotations
 
 from enum import Enum
+from typing import Self
 
 from splitfc.common.errors import CodecUnavailableError, SplitfcError
 
@@ -43,10 +44,18 @@ def status_for(exc: SplitfcError) -> tuple[Status, str]:
     return Status.INVALID_ARGUMENT, SplitfcError.reason
 
 
+MAX_MESSAGE_CHARS = 1000
+"""Longest error message sent or logged (gRPC sends it percent-encoded in a trailer of at most 8 KiB).
+Client strings inside are cut and quoted where the message is written (`splitfc.common.untrusted.quote`);
+this cap is the backstop."""
+
+
 class RequestFailed(Exception):
     """A request that ends with a non-OK status."""
 
     def __init__(self, status: Status, message: str, reason: str | None = None, limit: str | None = None) -> None:
+        if len(message) > MAX_MESSAGE_CHARS:
+            message = message[:MAX_MESSAGE_CHARS] + "..."
         super().__init__(message)
         self.status = status
         self.message = message
@@ -54,6 +63,15 @@ class RequestFailed(Exception):
         """Decode-error reason for the metrics (None: not a bitstream problem)."""
         self.limit = limit if limit is not None else ("elements" if reason == "too_many_elements" else None)
         """Which limit refused the request (``splitfc_cloud_limit_rejections_total``), if one did."""
+
+    def detached(self) -> Self:
+        """This failure without its traceback and chained exceptions: they hold the frames (and so the
+        payload) of the code that raised it, and a frame that holds the failure back makes a reference
+        cycle that only the garbage collector would free. Call it where a failure is kept or returned."""
+        self.__traceback__ = None
+        self.__context__ = None
+        self.__cause__ = None
+        return self
 
     @classmethod
     def from_error(cls, exc: SplitfcError) -> RequestFailed:

@@ -16,7 +16,10 @@ STAGES = ("queue", "decode", "tail", "total")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 BYTES_BUCKETS = tuple(float(1 << k) for k in range(8, 31, 2))  # 256 B .. 1 GiB
 BPFP_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
-LIMITS = ("message_bytes", "bitstream_bytes", "elements", "decode_time", "streams_per_client", "queue")
+LIMITS = (
+    "message_bytes", "bitstream_bytes", "elements", "decode_time", "streams_per_client", "queue", "upload_bytes",
+    "upload_idle",
+)
 """Label values of ``splitfc_cloud_limit_rejections_total``."""
 UNKNOWN = "unknown"
 """Label value of a split or codec that is missing or not one of ours."""
@@ -71,11 +74,15 @@ class CloudMetrics:
         self.limit_rejections = Counter(
             "splitfc_cloud_limit_rejections",
             "Requests refused by a limit: message_bytes, bitstream_bytes, elements, decode_time, "
-            "streams_per_client, queue.",
+            "streams_per_client, queue, upload_bytes, upload_idle.",
             ["limit"], registry=r,
         )
         for limit in LIMITS:
             self.limit_rejections.labels(limit)
+        self.buffered_upload_bytes = Gauge(
+            "splitfc_cloud_buffered_upload_bytes", "Bytes of chunked uploads held now (max_buffered_upload_bytes).",
+            registry=r,
+        )
         self.ready = Gauge("splitfc_cloud_ready", "1 once every model is loaded.", registry=r)
         self.model_load_seconds = Gauge(
             "splitfc_cloud_model_load_seconds", "Time spent loading each model at start-up.", ["split"], registry=r,

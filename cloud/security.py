@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import AsyncIterator, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -178,6 +179,11 @@ def client_key(token_index: int | None, peer: str) -> str:
     return peer
 
 
+current_client: ContextVar[str] = ContextVar("splitfc_client", default="")
+"""`client_key` of the call being handled (set by `ServerGuard` around the handler): the engine schedules
+workers fairly between clients with it."""
+
+
 class StreamCounter:
     """Concurrent calls per client (event-loop only: no lock needed)."""
 
@@ -276,6 +282,7 @@ class ServerGuard(grpc.aio.ServerInterceptor):
                 key = client_key(token_index, context.peer())
                 if not streams.acquire(key):
                     await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refused(key))
+                current_client.set(key)
                 try:
                     async for item in inner(request, context):
                         yield item
@@ -288,6 +295,7 @@ class ServerGuard(grpc.aio.ServerInterceptor):
             key = client_key(token_index, context.peer())
             if not streams.acquire(key):
                 await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refused(key))
+            current_client.set(key)
             try:
                 return await inner(request, context)
             finally:

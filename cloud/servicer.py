@@ -4,6 +4,18 @@ This module is the only one that turns engine outcomes into gRPC answers: it
 reads requests (whole, chunked or streamed), reassembles chunks, hands bytes to
 the engine with the caller's deadline, and maps `Status` to ``grpc.StatusCode``.
 
+Every method is registered with a request deserializer that cannot fail (it
+hands over the raw bytes) and parses here: a message that does not parse is
+this module's to answer (INVALID_ARGUMENT, counted and logged under reason
+``envelope``) instead of gRPC's (UNKNOWN, uncounted; in ``InferStream`` it used
+to leave the call hanging). Every read waits at most ``upload_idle_seconds``
+for the client's next message, so a stalled call ends (DEADLINE_EXCEEDED, limit
+``upload_idle``) and gives back its per-client slot and its buffered bytes.
+Chunked uploads are charged to the engine's ``upload_budget``
+(``max_buffered_upload_bytes``, limit ``upload_bytes``). Failures are answered
+with ``set_code``/``set_details`` rather than ``abort``: the exception ``abort``
+raises would keep the request's frames (and bytes) in a reference cycle.
+
 ``Infer`` is served as a stream-unary handler (the wire is the same as unary): a
 request over the gRPC message limit then reaches the handler as an empty stream,
 so it is counted in the metrics instead of vanishing inside gRPC core.
@@ -18,12 +30,17 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
-from splitfc.cloud.engine import Bitstream, InferenceEngine, InferOutcome
+from splitfc.cloud.engine import InferenceEngine, InferOutcome, Payload, request_id_problem
 from splitfc.cloud.errors import RequestFailed, Status
+from splitfc.cloud.security import current_client
 from splitfc.v1 import service_pb2 as svc
 
 SERVICE_NAME = "splitfc.v1.SplitInference"
+CANCEL_GRACE_S = 0.5
+"""After a chunk stream ends short, how long to wait for gRPC to report a cancellation (a cancelled
+upload reads as an early end of stream first, its cancellation arrives a moment later)."""
 
 
 def grpc_status(status: Status) -> grpc.StatusCode:
@@ -37,13 +54,33 @@ def _deadline(context: grpc.aio.ServicerContext | None) -> float | None:
     return None if remaining is None else time.monotonic() + remaining
 
 
-def _request_input(req: svc.InferRequest) -> Bitstream | None:
+def _raw(data: bytes) -> bytes:
+    """Request deserializer: the bytes as they came (parsed by the handler, so it answers parse failures)."""
+    return data
+
+
+def _not_a(kind: str) -> RequestFailed:
+    return RequestFailed(
+        Status.INVALID_ARGUMENT, f"request message is not a splitfc.v1.{kind} (protobuf parse failed)", "envelope",
+    )
+
+
+def parse_request(raw: bytes) -> tuple[str, Payload, RequestFailed | None]:
+    """An ``InferRequest``'s (request id, bitstream, failure); never raises. The raw bytes are the caller's
+    to drop; the returned `Payload` holds the only other copy of the bitstream."""
+    try:
+        req = svc.InferRequest.FromString(raw)
+    except DecodeError:
+        return "", Payload(None), _not_a("InferRequest")
+    request_id = req.request_id or uuid.uuid4().hex
     kind = req.WhichOneof("input")
-    if kind == "bitstream":
-        return req.bitstream
-    if kind == "bitstream_message":
-        return req.bitstream_message
-    return None
+    data = req.bitstream if kind == "bitstream" else req.bitstream_message if kind == "bitstream_message" else None
+    return request_id, Payload(data), None
+
+
+def _echo_id(request_id: str) -> str:
+    """The id a response may carry back: the client's, unless it was refused for its length."""
+    return "" if request_id_problem(request_id) else request_id
 
 
 def _response(outcome: InferOutcome) -> svc.InferResponse:
@@ -60,103 +97,216 @@ def _response(outcome: InferOutcome) -> svc.InferResponse:
     )
 
 
+def _error_response(request_id: str, failure: RequestFailed) -> svc.InferResponse:
+    code = grpc_status(failure.status)
+    return svc.InferResponse(
+        request_id=_echo_id(request_id),
+        error=svc.Error(code=code.value[0], code_name=code.name, message=failure.message),
+    )
+
+
 class SplitInferenceServicer:
     """The ``splitfc.v1.SplitInference`` methods over an `InferenceEngine`."""
 
     def __init__(self, engine: InferenceEngine) -> None:
         self.engine = engine
 
+    @property
+    def idle_s(self) -> float:
+        return self.engine.settings.upload_idle_seconds
+
+    def _idle(self, what: str) -> RequestFailed:
+        return RequestFailed(
+            Status.DEADLINE_EXCEEDED,
+            f"{what}: nothing received for {self.idle_s:g} s (upload_idle_seconds)", limit="upload_idle",
+        )
+
+    async def _read(self, context: grpc.aio.ServicerContext) -> Any:
+        """The next message (raw bytes) or ``grpc.aio.EOF``; raises TimeoutError past ``upload_idle_seconds``.
+
+        The read runs in the handler's own task (``asyncio.timeout``, not ``wait_for``): read from another
+        task, a client's cancellation is never delivered to the handler (measured with grpcio 1.85)."""
+        async with asyncio.timeout(self.idle_s):
+            return await context.read()
+
     async def _answer(
-        self, method: str, request_id: str, data: Bitstream | None, context: grpc.aio.ServicerContext,
+        self, method: str, request_id: str, payload: Payload, context: grpc.aio.ServicerContext,
         t_start: float, failure: RequestFailed | None = None,
-    ) -> svc.InferResponse:
-        outcome, failure = await self.engine.run(method, request_id, data, t_start, _deadline(context), failure)
+    ) -> svc.InferResponse | None:
+        outcome, failure = await self.engine.run(
+            method, request_id, payload, t_start, _deadline(context), failure, current_client.get(),
+        )
         if failure is not None:
-            await context.abort(grpc_status(failure.status), failure.message)
+            context.set_code(grpc_status(failure.status))
+            context.set_details(failure.message)
+            return None
         assert outcome is not None
         return _response(outcome)
 
-    async def Infer(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> svc.InferResponse:
+    async def _count_gone(self, method: str, request_id: str, context: grpc.aio.ServicerContext,
+                          t_start: float, what: str) -> None:
+        """Account for a call cancelled (or past its deadline) before its request reached the engine."""
+        deadline = _deadline(context)
+        await self.engine.run(method, request_id, None, t_start, deadline, self.engine.cancelled(deadline, what))
+
+    async def Infer(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> svc.InferResponse | None:
         t_start = time.perf_counter()
-        req = await context.read()
-        if req is grpc.aio.EOF:
+        try:
+            raw = await self._read(context)
+        except TimeoutError:
+            return await self._answer("Infer", "", Payload(None), context, t_start, self._idle("request"))
+        except asyncio.CancelledError:
+            await self._count_gone("Infer", "", context, t_start, " before the request arrived")
+            raise
+        if raw is grpc.aio.EOF:
             # gRPC core dropped the message (over max_message_bytes) or the client sent none.
             failure = RequestFailed(
                 Status.RESOURCE_EXHAUSTED,
                 f"request message missing or over the limit of {self.engine.settings.max_message_bytes} bytes",
                 "oversized", limit="message_bytes",
             )
-            return await self._answer("Infer", "", None, context, t_start, failure)
-        request_id = req.request_id or uuid.uuid4().hex
-        return await self._answer("Infer", request_id, _request_input(req), context, t_start)
+            return await self._answer("Infer", "", Payload(None), context, t_start, failure)
+        request_id, payload, failure = parse_request(raw)
+        del raw
+        return await self._answer("Infer", request_id, payload, context, t_start, failure)
 
-    async def InferChunked(
-        self, request_iterator: AsyncIterator[svc.BitstreamChunk], context: grpc.aio.ServicerContext
-    ) -> svc.InferResponse:
+    async def InferChunked(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> svc.InferResponse | None:
         t_start = time.perf_counter()
-        limit = self.engine.settings.max_bitstream_bytes
+        settings, budget = self.engine.settings, self.engine.upload_budget
+        limit = settings.max_bitstream_bytes
         request_id = ""
-        buf: bytearray | None = None
-        total = 0
+        chunks: list[bytes] = []
+        got = total = taken = 0
+        first = True
         failure: RequestFailed | None = None
-        async for chunk in request_iterator:
-            if buf is None:
-                request_id = chunk.request_id or uuid.uuid4().hex
-                total = chunk.total_bytes
-                if total > limit:
+        try:
+            try:
+                while True:
+                    try:
+                        raw = await self._read(context)
+                    except TimeoutError:
+                        failure = self._idle(f"chunked upload after {got} of {total} bytes")
+                        break
+                    if raw is grpc.aio.EOF:
+                        break
+                    try:
+                        chunk = svc.BitstreamChunk.FromString(raw)
+                    except DecodeError:
+                        failure = _not_a("BitstreamChunk")
+                        break
+                    del raw
+                    piece = chunk.data
+                    if first:
+                        first = False
+                        request_id = chunk.request_id or uuid.uuid4().hex
+                        total = chunk.total_bytes
+                        if total > limit:
+                            failure = RequestFailed(
+                                Status.RESOURCE_EXHAUSTED,
+                                f"announced bitstream of {total} bytes is over the limit of {limit}", "oversized",
+                                limit="bitstream_bytes",
+                            )
+                            break
+                        if total > budget.left():
+                            failure = self._over_budget(total)
+                            break
+                    del chunk
+                    if got + len(piece) > total:
+                        failure = RequestFailed(
+                            Status.INVALID_ARGUMENT, f"chunks carry more than the announced {total} bytes", "chunking",
+                        )
+                        break
+                    if not budget.take(len(piece)):
+                        failure = self._over_budget(total)
+                        break
+                    taken += len(piece)
+                    got += len(piece)
+                    chunks.append(piece)
+                    del piece
+                if failure is None and (first or got != total):
+                    # A cancelled upload reads as an early end of stream; gRPC reports the cancellation a
+                    # moment later by cancelling this task (CancelledError below).
+                    await asyncio.sleep(CANCEL_GRACE_S)
                     failure = RequestFailed(
-                        Status.RESOURCE_EXHAUSTED,
-                        f"announced bitstream of {total} bytes is over the limit of {limit}", "oversized",
-                        limit="bitstream_bytes",
+                        Status.INVALID_ARGUMENT,
+                        f"chunk stream ended after {got} of {total} announced bytes "
+                        f"(or a chunk was over the {settings.max_message_bytes}-byte message limit)",
+                        "chunking",
                     )
-                    break
-                buf = bytearray()
-            if len(buf) + len(chunk.data) > total:
-                failure = RequestFailed(
-                    Status.INVALID_ARGUMENT, f"chunks carry more than the announced {total} bytes", "chunking",
-                )
-                break
-            buf += chunk.data
-        if failure is None and (buf is None or len(buf) != total):
-            got = 0 if buf is None else len(buf)
-            failure = RequestFailed(
-                Status.INVALID_ARGUMENT,
-                f"chunk stream ended after {got} of {total} announced bytes "
-                f"(or a chunk was over the {self.engine.settings.max_message_bytes}-byte message limit)",
-                "chunking",
-            )
-        data = None if failure is not None or buf is None else bytes(buf)
-        return await self._answer("InferChunked", request_id, data, context, t_start, failure)
+            except asyncio.CancelledError:
+                chunks.clear()
+                await self._count_gone("InferChunked", request_id, context, t_start,
+                                       f" during the upload, after {got} of {total} bytes")
+                raise
+            payload = Payload(None)
+            if failure is None:
+                payload.data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            chunks.clear()
+            return await self._answer("InferChunked", request_id, payload, context, t_start, failure)
+        finally:
+            budget.give(taken)
+
+    def _over_budget(self, total: int) -> RequestFailed:
+        budget = self.engine.upload_budget
+        return RequestFailed(
+            Status.RESOURCE_EXHAUSTED,
+            f"upload of {total} bytes does not fit the buffered-upload budget: {budget.used} of "
+            f"{budget.limit} bytes (max_buffered_upload_bytes) are held by uploads in progress; retry later",
+            limit="upload_bytes",
+        )
 
     async def InferStream(
-        self, request_iterator: AsyncIterator[svc.InferRequest], context: grpc.aio.ServicerContext
+        self, request_iterator: Any, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[svc.InferResponse]:
         out: asyncio.Queue[svc.InferResponse | None] = asyncio.Queue()
         tasks: set[asyncio.Task[None]] = set()
         deadline = _deadline(context)
+        client = current_client.get()
+        ended: list[RequestFailed] = []
 
-        async def one(req: svc.InferRequest, t_start: float) -> None:
-            request_id = req.request_id or uuid.uuid4().hex
-            outcome, failure = await self.engine.run("InferStream", request_id, _request_input(req), t_start, deadline)
-            if failure is not None:
-                code = grpc_status(failure.status)
-                response = svc.InferResponse(
-                    request_id=request_id,
-                    error=svc.Error(code=code.value[0], code_name=code.name, message=failure.message),
-                )
-            else:
-                assert outcome is not None
-                response = _response(outcome)
-            await out.put(response)
+        async def one(raw: bytes, t_start: float) -> None:
+            request_id, payload, failure = parse_request(raw)
+            del raw
+            outcome, failure = await self.engine.run(
+                "InferStream", request_id, payload, t_start, deadline, failure, client,
+            )
+            out.put_nowait(_response(outcome) if outcome is not None else _error_response(request_id, failure))
+
+        loop = asyncio.get_running_loop()
+        timer: list[asyncio.Timeout] = []  # the pending read's idle timer
+
+        def task_done(task: asyncio.Task[None]) -> None:
+            tasks.discard(task)
+            if not tasks and timer:
+                timer[0].reschedule(loop.time() + self.idle_s)  # idle from now: nothing left running
 
         async def reader() -> None:
-            async for req in request_iterator:
-                task = asyncio.create_task(one(req, time.perf_counter()))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-            while tasks:
-                await asyncio.gather(*list(tasks), return_exceptions=True)
-            await out.put(None)
+            try:
+                while True:
+                    try:
+                        # Idle = no message for upload_idle_seconds while none of its requests is running.
+                        async with asyncio.timeout(None if tasks else self.idle_s) as t:
+                            timer[:] = [t]
+                            raw = await context.read()
+                    except TimeoutError:
+                        failure = self._idle("stream")
+                        await self.engine.run("InferStream", "", None, time.perf_counter(), deadline, failure, client)
+                        ended.append(failure)
+                        break
+                    finally:
+                        timer.clear()
+                    if raw is grpc.aio.EOF:
+                        break
+                    task = asyncio.create_task(one(raw, time.perf_counter()))
+                    del raw
+                    tasks.add(task)
+                    task.add_done_callback(task_done)
+                while tasks:
+                    await asyncio.gather(*list(tasks), return_exceptions=True)
+            except Exception as exc:  # never leave the caller waiting: end the stream with a status
+                ended.append(RequestFailed(Status.INTERNAL, f"stream reader failed: {type(exc).__name__}: {exc}"))
+            finally:
+                out.put_nowait(None)
 
         read_task = asyncio.create_task(reader())
         try:
@@ -166,38 +316,35 @@ class SplitInferenceServicer:
                     break
                 yield item
             await read_task
+            if ended:
+                context.set_code(grpc_status(ended[0].status))
+                context.set_details(ended[0].message)
         finally:
             if not read_task.done():
                 read_task.cancel()
             for task in list(tasks):
                 task.cancel()
 
-    async def GetInfo(self, request: svc.GetInfoRequest, context: grpc.aio.ServicerContext) -> svc.ServerInfo:
-        return self.engine.info()
+    async def GetInfo(self, request: bytes, context: grpc.aio.ServicerContext) -> svc.ServerInfo:
+        return self.engine.info()  # GetInfoRequest has no fields: its bytes are not even parsed
 
 
 def add_servicer(servicer: SplitInferenceServicer, server: grpc.aio.Server) -> None:
-    """Register the service (``Infer`` as stream-unary on this side, see the module doc)."""
+    """Register the service (``Infer`` as stream-unary on this side, raw-bytes deserializers: see the module doc)."""
     handlers = {
         "Infer": grpc.stream_unary_rpc_method_handler(
-            servicer.Infer,
-            request_deserializer=svc.InferRequest.FromString,
-            response_serializer=svc.InferResponse.SerializeToString,
+            servicer.Infer, request_deserializer=_raw, response_serializer=svc.InferResponse.SerializeToString,
         ),
         "InferChunked": grpc.stream_unary_rpc_method_handler(
-            servicer.InferChunked,
-            request_deserializer=svc.BitstreamChunk.FromString,
+            servicer.InferChunked, request_deserializer=_raw,
             response_serializer=svc.InferResponse.SerializeToString,
         ),
         "InferStream": grpc.stream_stream_rpc_method_handler(
-            servicer.InferStream,
-            request_deserializer=svc.InferRequest.FromString,
+            servicer.InferStream, request_deserializer=_raw,
             response_serializer=svc.InferResponse.SerializeToString,
         ),
         "GetInfo": grpc.unary_unary_rpc_method_handler(
-            servicer.GetInfo,
-            request_deserializer=svc.GetInfoRequest.FromString,
-            response_serializer=svc.ServerInfo.SerializeToString,
+            servicer.GetInfo, request_deserializer=_raw, response_serializer=svc.ServerInfo.SerializeToString,
         ),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))

@@ -9,7 +9,7 @@ from __future__ import annotations
 from math import prod
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from splitfc.common.errors import SplitfcError
@@ -77,6 +77,12 @@ class CloudSettings(GrpcChannelSettings):
     """Worker time (parse + decode + tail) one request may take; beyond it: RESOURCE_EXHAUSTED. 0: no limit."""
     max_streams_per_client: int = 64
     """Concurrent calls of one client (its token, else its IP address); beyond it: RESOURCE_EXHAUSTED."""
+    upload_idle_seconds: float = 30.0
+    """A call that sends nothing for this long while the server waits for its next message (a request, a
+    chunk) ends with DEADLINE_EXCEEDED; frees its per-client slot and buffered bytes. Must be > 0."""
+    max_buffered_upload_bytes: int = 1024 * MIB
+    """Bytes of chunked uploads held at once, all streams together (received chunks until their request
+    ends); a chunk past it, or a first chunk announcing more than is left: RESOURCE_EXHAUSTED."""
 
     @field_validator("max_concurrency", "torch_threads", "max_streams_per_client")
     @classmethod
@@ -91,6 +97,25 @@ class CloudSettings(GrpcChannelSettings):
         if v < 0:
             raise ValueError("must be >= 0")
         return v
+
+    @field_validator("upload_idle_seconds")
+    @classmethod
+    def _positive_seconds(cls, v: float) -> float:
+        if not v > 0:
+            raise ValueError("must be > 0 (an upload that never times out holds its memory and slot forever)")
+        return v
+
+    @model_validator(mode="after")
+    def _limits_work_together(self) -> CloudSettings:
+        """Refuse combinations that cannot work, at start-up rather than on the first large request."""
+        if self.max_bitstream_bytes < 1:
+            raise ValueError(f"max_bitstream_bytes={self.max_bitstream_bytes} must be >= 1")
+        if self.max_buffered_upload_bytes < self.max_bitstream_bytes:
+            raise ValueError(
+                f"max_buffered_upload_bytes={self.max_buffered_upload_bytes} is below max_bitstream_bytes="
+                f"{self.max_bitstream_bytes}: a bitstream of the largest accepted size could never be uploaded"
+            )
+        return self
 
     def split_ids(self) -> list[str]:
         """The split ids to serve, validated."""

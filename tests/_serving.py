@@ -68,4 +68,45 @@ def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.02) ->
         time.sleep(interval)
 
 
-__all__ = ["ALL_SPLITS", "BlockingModel", "ServerThread", "cloud_settings", "raw_bitstream", "wait_until"]
+def rss_mib() -> float:
+    """This process's resident memory, MiB."""
+    import psutil
+
+    return psutil.Process().memory_info().rss / (1 << 20)
+
+
+def trim_heap() -> bool:
+    """Hand freed heap pages back to the OS (glibc ``malloc_trim``) so that RSS shows live memory, not the
+    allocator's cache of freed pages; False where there is no glibc."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        return False
+    return True
+
+
+def raw_calls(target: str, max_bytes: int = 64 << 20) -> tuple[Any, Any, Any]:
+    """(Infer, InferChunked, InferStream) multi-callables that send bytes as they are: a hostile client
+    built from the .proto files, free to send anything."""
+    import grpc
+
+    from splitfc.v1 import service_pb2 as svc
+
+    channel = grpc.insecure_channel(
+        target, options=[("grpc.max_send_message_length", max_bytes), ("grpc.max_receive_message_length", max_bytes)],
+    )
+    path = "/splitfc.v1.SplitInference/"
+    same = {"request_serializer": lambda b: b, "response_deserializer": svc.InferResponse.FromString}
+    return (channel.unary_unary(path + "Infer", **same), channel.stream_unary(path + "InferChunked", **same),
+            channel.stream_stream(path + "InferStream", **same))
+
+
+__all__ = [
+    "ALL_SPLITS", "BlockingModel", "ServerThread", "cloud_settings", "raw_bitstream", "raw_calls", "rss_mib",
+    "trim_heap", "wait_until",
+]
