@@ -38,9 +38,10 @@ from splitfc.cloud.security import current_client
 from splitfc.v1 import service_pb2 as svc
 
 SERVICE_NAME = "splitfc.v1.SplitInference"
-CANCEL_GRACE_S = 0.5
-"""After a chunk stream ends short, how long to wait for gRPC to report a cancellation (a cancelled
-upload reads as an early end of stream first, its cancellation arrives a moment later)."""
+CANCEL_GRACE_S = 0.2
+"""After a chunk stream ends short, how long to wait for gRPC to report a cancellation: a cancelled
+upload reads as an early end of stream first, its cancellation arrives a moment later (0.03-3 ms in 20
+tries on this machine). Only malformed (short) uploads wait for it."""
 
 
 def grpc_status(status: Status) -> grpc.StatusCode:
@@ -200,6 +201,10 @@ class SplitInferenceServicer:
                         first = False
                         request_id = chunk.request_id or uuid.uuid4().hex
                         total = chunk.total_bytes
+                        problem = request_id_problem(request_id)
+                        if problem is not None:  # refused before the upload, not after it
+                            failure = RequestFailed(Status.INVALID_ARGUMENT, problem)
+                            break
                         if total > limit:
                             failure = RequestFailed(
                                 Status.RESOURCE_EXHAUSTED,

@@ -134,6 +134,7 @@ def test_zstd_bomb_never_produces_more_than_the_tensor_needs(declared: bool) -> 
     out = subprocess.run([sys.executable, "-c", BOMB.format(declared=declared)], capture_output=True, text=True,
                          timeout=300, check=True).stdout.split(maxsplit=2)
     size, peak_mib, error = int(out[0]), int(out[1]), out[2]
+    print(f"{size}-byte bomb ({'declared' if declared else 'unknown'} size): peak RSS +{peak_mib} MiB; {error}")
     assert size < 64 * 1024
     assert peak_mib < 64, f"decoding a {size}-byte bomb raised peak RSS by {peak_mib} MiB"
     assert "the tensor needs 33280" in error
@@ -195,6 +196,7 @@ def test_failed_requests_free_their_memory_without_the_garbage_collector(big_clo
 
     fail()  # warm-up: first-use allocations are not what we measure
     grown = _grown_without_gc(lambda: [fail() for _ in range(6)])
+    print(f"6 failed {MEMORY_MIB} MiB requests, GC off: RSS {grown:+.0f} MiB")
     assert grown < MEMORY_MIB, f"RSS grew by {grown:.0f} MiB after 6 failed {MEMORY_MIB} MiB requests"
 
 
@@ -229,6 +231,7 @@ def test_cancelled_uploads_free_their_memory_without_the_garbage_collector(big_c
 
     cancel_one(0, 2)  # warm-up
     grown = _grown_without_gc(lambda: [cancel_one(i, MEMORY_MIB // 4) for i in (1, 2)])
+    print(f"2 cancelled {MEMORY_MIB} MiB uploads, GC off: RSS {grown:+.0f} MiB")
     assert grown < MEMORY_MIB, f"RSS grew by {grown:.0f} MiB after 2 cancelled {MEMORY_MIB} MiB uploads"
     assert requests_with(big_cloud, "CANCELLED") == 3
 
@@ -285,7 +288,9 @@ def _flat_bits_per_element(codec: str) -> float:
 def test_each_codecs_payload_bound_is_below_its_cheapest_coding(codec: str) -> None:
     """Flat input at the lowest rate is the fewest bits an encoder spends; the bound sits below it."""
     bound = CODECS[codec].min_payload_bits_per_element
-    assert 0 < bound < _flat_bits_per_element(codec)
+    flat = _flat_bits_per_element(codec)
+    print(f"{codec}: flat input {flat:.3g} bits per element, bound {bound:.3g} ({flat / bound:.1f}x below)")
+    assert 0 < bound < flat
 
 
 class _CountingModel(BlockingModel):
@@ -572,12 +577,16 @@ def test_a_huge_request_id_is_refused_not_echoed_or_logged_whole(cloud: ServerTh
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "request_id of 4194304 characters is over the limit of 128" in info.value.details()
     assert len(info.value.details()) < 400
-    _, _, stream = raw_calls(cloud.endpoints.grpc_target)
+    _, chunked, stream = raw_calls(cloud.endpoints.grpc_target)
+    first = svc.BitstreamChunk(request_id="c" * 5000, total_bytes=len(data), data=data[:100]).SerializeToString()
+    with pytest.raises(grpc.RpcError) as info:  # refused on the first chunk, before the upload
+        chunked(iter([first]), timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "over the limit of 128" in info.value.details()
     answers = list(stream(iter([svc.InferRequest(request_id="s" * 5000, bitstream=data).SerializeToString()]),
                           timeout=30))
     assert answers[0].request_id == "" and answers[0].error.code_name == "INVALID_ARGUMENT"
-    ids = [f["request_id"] for f in cloud_log.fields if str(f.get("request_id", "")).startswith(("rrr", "sss"))]
-    assert len(ids) == 2 and all(len(i) < 200 for i in ids), [len(i) for i in ids]
+    ids = [f["request_id"] for f in cloud_log.fields if str(f.get("request_id", "")).startswith(("rrr", "sss", "ccc"))]
+    assert len(ids) == 3 and all(len(i) < 200 for i in ids), [len(i) for i in ids]
     assert all(len(f.get("error", "")) < 400 for f in cloud_log.fields)
 
 

@@ -28,7 +28,8 @@ def rejections(server: ServerThread) -> dict[str, float]:
     m = server.server.metrics
     return {
         limit: m.value("splitfc_cloud_limit_rejections_total", {"limit": limit})
-        for limit in ("message_bytes", "bitstream_bytes", "elements", "decode_time", "streams_per_client", "queue")
+        for limit in ("message_bytes", "bitstream_bytes", "elements", "decode_time", "streams_per_client", "queue",
+                      "upload_bytes", "upload_idle")
     }
 
 
@@ -61,7 +62,7 @@ def test_size_and_element_limits_each_have_their_status_and_label() -> None:
         assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "announced bitstream of 33" in info.value.details()
         assert rejections(server) == {"message_bytes": 1, "bitstream_bytes": 1, "elements": 0, "decode_time": 0,
-                                      "streams_per_client": 0, "queue": 0}
+                                      "streams_per_client": 0, "queue": 0, "upload_bytes": 0, "upload_idle": 0}
     with ServerThread(cloud_settings(splits=SPLIT, max_elements={SPLIT: 100})) as server:
         with pytest.raises(grpc.RpcError) as info:  # declared elements over max_elements: refused before decoding
             stub(server).Infer(svc.InferRequest(bitstream=data), timeout=10)
