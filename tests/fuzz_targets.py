@@ -1,10 +1,13 @@
 """Fuzz targets over everything that parses bytes from the network (hypothesis-driven).
 
 Each target feeds generated or mutated inputs to one parser and accepts only two outcomes: a
-clean result or a `SplitfcError`. Anything else (another exception, an input running past
-``HANG_SECONDS``, a decoded tensor larger than the element limit) fails. Seeds are real
+clean result or a `SplitfcError` with a bounded message. Anything else (another exception, an input
+running past ``HANG_SECONDS``, a decoded tensor larger than the element limit) fails. Seeds are real
 bitstreams of the tiny models, mutated three ways: bytes of the whole message, payload bytes with
 the CRC fixed up (so the codec's decoder itself sees them), and header fields with the CRC intact.
+``rpc_calls`` sends sequences of such messages (and garbage) through a real cloud on loopback, by
+every method, and accepts only a status the service means to give: a call that ends UNKNOWN,
+INTERNAL or past its deadline (a hang) fails.
 
 ``python tests/fuzz_targets.py --budget 100000 --json results/fuzz.json`` (``make fuzz``) runs
 them all with the budget split by `WEIGHTS` and prints how many inputs each target tried.
@@ -41,15 +44,20 @@ HANG_SECONDS = 20.0
 """An input that takes longer than this is a hang (external decoders have their own timeout first)."""
 SEED_CODECS = (("raw", 0), ("hevc", 32), ("vvenc", 32), ("hyperprior", 2))
 WEIGHTS = {
-    "parse_random_bytes": 0.30,
+    "parse_random_bytes": 0.29,
     "request_messages": 0.10,
+    "rpc_calls": 0.02,
     "validate_structured": 0.20,
-    "raw_mutated": 0.30,
+    "raw_mutated": 0.29,
     "hyperprior_mutated": 0.08,
     "hevc_mutated": 0.01,
     "vvenc_mutated": 0.01,
 }
-"""Share of the budget per target (the in-process parsers get most; external decoders few)."""
+"""Share of the budget per target (the in-process parsers get most; external decoders and RPCs few)."""
+MAX_ERROR_CHARS = 1000
+"""Longest error message a rejected input may produce (the cloud sends it as a gRPC status)."""
+RPC_CODES = frozenset({"OK", "INVALID_ARGUMENT", "RESOURCE_EXHAUSTED", "NOT_FOUND", "FAILED_PRECONDITION"})
+"""How a fuzzed call may end; UNKNOWN, INTERNAL or DEADLINE_EXCEEDED (a hang) are failures."""
 
 
 class Hang(Exception):
@@ -83,7 +91,8 @@ def decode_outcome(data: bytes) -> str:
         msg = parse_bitstream(data)
         limit = element_limit(msg.split)
         out = decode_features(msg, limit)
-    except SplitfcError:
+    except SplitfcError as exc:
+        assert len(str(exc)) <= MAX_ERROR_CHARS, f"unbounded error message ({len(str(exc))} chars)"
         return "rejected"
     assert isinstance(out, np.ndarray) and out.size <= limit, "decoded more than the element limit"
     assert tuple(out.shape) == tuple(msg.tensors[0].shape)
@@ -222,23 +231,101 @@ def _parse_random(data: bytes) -> str:
 
 
 def _request_messages(data: bytes) -> str:
-    """The service's request parsing: InferRequest / BitstreamChunk bytes, then the carried bitstream."""
+    """The service's request parsing (`splitfc.cloud.servicer.parse_request`, never raising), then the
+    carried bitstream; bytes that are no InferRequest are tried as a BitstreamChunk."""
     from google.protobuf.message import DecodeError
 
-    try:
-        req = svc.InferRequest.FromString(data)
-    except DecodeError:
+    from splitfc.cloud.servicer import parse_request
+
+    _, payload, failure = parse_request(data)
+    if failure is not None:
+        assert failure.reason == "envelope" and failure.status.name == "INVALID_ARGUMENT"
         try:
             svc.BitstreamChunk.FromString(data)
         except DecodeError:
             return "rejected"
         return "chunk"
-    kind = req.WhichOneof("input")
-    if kind == "bitstream":
-        return decode_outcome(req.bitstream)
-    if kind == "bitstream_message":
-        return decode_outcome(req.bitstream_message.SerializeToString())
-    return "empty"
+    if payload.data is None:
+        return "empty"
+    bitstream = payload.data
+    return decode_outcome(bitstream if isinstance(bitstream, bytes) else bitstream.SerializeToString())
+
+
+@cache
+def fuzz_cloud() -> tuple[Any, Any, Any]:
+    """A cloud on loopback for `rpc_calls` (started once, stopped at exit): (Infer, InferChunked, InferStream)."""
+    import atexit
+
+    from _serving import ServerThread, cloud_settings, raw_calls
+
+    import splitfc.cloud.servicer as servicer
+
+    servicer.CANCEL_GRACE_S = 0.02  # short uploads here are never cancelled ones: don't wait for it
+    server = ServerThread(cloud_settings(splits="dinov2-cls,llama3-csr", max_message_bytes=1 << 20,
+                                         max_bitstream_bytes=4 << 20, upload_idle_seconds=5))
+    server.start()
+    atexit.register(server.stop)
+    return raw_calls(server.endpoints.grpc_target, 4 << 20)
+
+
+def _rpc_call(call: tuple[str, list[bytes]]) -> str:
+    """One call of ``method`` with ``messages``; its final status code (lower case), which must be one the
+    service means to give, and every InferStream answer a result or such an error."""
+    import grpc
+
+    infer, chunked, stream = fuzz_cloud()
+    method, messages = call
+    try:
+        if method == "Infer":
+            infer(messages[0], timeout=HANG_SECONDS)
+        elif method == "InferChunked":
+            chunked(iter(messages), timeout=HANG_SECONDS)
+        else:
+            for resp in stream(iter(messages), timeout=HANG_SECONDS):
+                assert resp.HasField("result") or resp.error.code_name in RPC_CODES, resp.error
+                assert len(resp.error.message) <= MAX_ERROR_CHARS
+        code, details = "OK", ""
+    except grpc.RpcError as exc:
+        code, details = exc.code().name, exc.details() or ""
+    assert code in RPC_CODES, f"{method} ended {code}: {details[:300]}"
+    assert len(details) <= MAX_ERROR_CHARS
+    return code.lower()
+
+
+@st.composite
+def rpc_calls(draw: st.DrawFn) -> tuple[str, list[bytes]]:
+    """A method and the messages sent on it: requests carrying seed or mutated bitstreams, chunks (real
+    chunkings of a seed, or any fields), or garbage bytes."""
+    from splitfc.edge.client import chunk_messages
+
+    seeds = seed_bitstreams("raw")
+    method = draw(st.sampled_from(["Infer", "InferChunked", "InferStream"]))
+    request_id = st.one_of(st.just(""), st.text(max_size=8), st.text(min_size=120, max_size=140))
+    request = st.builds(lambda rid, bs: svc.InferRequest(request_id=rid, bitstream=bs).SerializeToString(),
+                        request_id, st.one_of(st.sampled_from(seeds), mutated_bitstream(seeds)))
+    chunk = st.builds(lambda rid, total, data: svc.BitstreamChunk(request_id=rid, total_bytes=total,
+                                                                  data=data).SerializeToString(),
+                      request_id, st.integers(0, (1 << 64) - 1), st.binary(max_size=1024))
+    garbage = st.binary(max_size=64)
+    if method == "InferChunked" and draw(st.booleans()):
+        chunks = [c.SerializeToString() for c in chunk_messages("f", draw(st.sampled_from(seeds)), 4096)]
+        return method, mutate_list(chunks, draw(st.lists(st.tuples(st.sampled_from(["drop", "dup", "garbage"]),
+                                                                   st.integers(0, 64)), max_size=2)))
+    parts = st.one_of(request, garbage) if method != "InferChunked" else st.one_of(chunk, garbage)
+    return method, draw(st.lists(parts, min_size=1, max_size=1 if method == "Infer" else 4))
+
+
+def mutate_list(items: list[bytes], ops: list[tuple[str, int]]) -> list[bytes]:
+    out = list(items)
+    for op, pos in ops:
+        i = pos % len(out)
+        if op == "drop" and len(out) > 1:
+            del out[i]
+        elif op == "dup":
+            out.insert(i, out[i])
+        elif op == "garbage":
+            out[i] = b"\xff\xff\xff"
+    return out
 
 
 def targets() -> dict[str, tuple[st.SearchStrategy[bytes], Callable[[bytes], str]]]:
@@ -246,6 +333,7 @@ def targets() -> dict[str, tuple[st.SearchStrategy[bytes], Callable[[bytes], str
     out: dict[str, tuple[st.SearchStrategy[bytes], Callable[[bytes], str]]] = {
         "parse_random_bytes": (st.binary(max_size=2048), _parse_random),
         "request_messages": (st.one_of(st.binary(max_size=512), _request_strategy()), _request_messages),
+        "rpc_calls": (rpc_calls(), _rpc_call),  # type: ignore[dict-item]
         "validate_structured": (structured_bitstream(), decode_outcome),
     }
     for codec in ("raw", "hyperprior", "hevc", "vvenc"):

@@ -6,10 +6,10 @@ Every target accepts only a clean result or a `SplitfcError` (see ``fuzz_targets
 from __future__ import annotations
 
 import pytest
-from fuzz_targets import WEIGHTS, decode_outcome, main, mutate, run_target, seed_bitstreams, targets
+from fuzz_targets import RPC_CODES, WEIGHTS, decode_outcome, main, mutate, run_target, seed_bitstreams, targets
 
 SMALL = {
-    "parse_random_bytes": 300, "request_messages": 100, "validate_structured": 200, "raw_mutated": 300,
+    "parse_random_bytes": 300, "request_messages": 100, "rpc_calls": 60, "validate_structured": 200, "raw_mutated": 300,
     "hyperprior_mutated": 40, "hevc_mutated": 8, "vvenc_mutated": 8,
 }
 
@@ -20,7 +20,8 @@ def test_target_small_budget(name: str) -> None:
         pytest.skip(f"{name}: codec unavailable here")
     res = run_target(name, SMALL[name], seed=1)
     assert res["inputs"] == SMALL[name]
-    assert set(res["outcomes"]) <= {"parsed", "rejected", "valid", "decoded", "chunk", "empty"}
+    rpc = {code.lower() for code in RPC_CODES}
+    assert set(res["outcomes"]) <= {"parsed", "rejected", "valid", "decoded", "chunk", "empty", *rpc}
 
 
 def test_seeds_decode_and_a_flipped_payload_byte_is_rejected() -> None:
