@@ -284,7 +284,7 @@ def _flat_bits_per_element(codec: str) -> float:
     return len(payload) * 8 / frame.size
 
 
-@pytest.mark.parametrize("codec", ["raw", "hevc", "vvenc", "hyperprior"])
+@pytest.mark.parametrize("codec", ["raw", "hevc", "vvenc", "vtm", "hyperprior"])
 def test_each_codecs_payload_bound_is_below_its_cheapest_coding(codec: str) -> None:
     """Flat input at the lowest rate is the fewest bits an encoder spends; the bound sits below it."""
     bound = CODECS[codec].min_payload_bits_per_element

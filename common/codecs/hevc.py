@@ -23,7 +23,7 @@ class HevcCodec(FfmpegIntraCodec):
     decoder: ClassVar[str] = "hevc"
     pix_fmt: ClassVar[str] = "gray10le"
     rate_bounds: ClassVar[tuple[int, int]] = (0, 51)
-    min_payload_bits_per_element: ClassVar[float] = 1 / 2048  # flat frame, QP 51: 1.7e-3 (docs/hardening.md)
+    min_payload_bits_per_element: ClassVar[float] = 1 / 4096  # x265 flat frame, QP 51: 1.7e-3 (docs/hardening.md)
 
     def encoder_options(self, rate: int) -> tuple[list[str], dict[str, str]]:
         preset = codec_settings().x265_preset

@@ -38,7 +38,7 @@ class VvencCodec(FfmpegIntraCodec):
     decoder: ClassVar[str] = "vvc"
     pix_fmt: ClassVar[str] = "yuv420p10le"
     rate_bounds: ClassVar[tuple[int, int]] = (0, 63)
-    min_payload_bits_per_element: ClassVar[float] = 1 / 4096  # flat frame, QP 63: 9.3e-4 (docs/hardening.md)
+    min_payload_bits_per_element: ClassVar[float] = 1 / 32768  # flat, QP 63, preset slower: 1.5e-4 (docs/hardening.md)
 
     def encoder_options(self, rate: int) -> tuple[list[str], dict[str, str]]:
         preset = codec_settings().vvenc_preset
