@@ -29,6 +29,7 @@ from splitfc.common.errors import (
     UnknownCodecError,
     UnknownNameError,
 )
+from splitfc.common.integrity import bind_digest
 from splitfc.common.preprocess import FrameInfo
 from splitfc.common.specs import SPLITS, SplitSpec, get_split
 from splitfc.common.untrusted import quote
@@ -113,6 +114,21 @@ def _dtype_id(x: np.ndarray) -> int:
     return _DTYPES[name]
 
 
+def header_bytes(msg: pb.FeatureBitstream) -> bytes:
+    """The header the integrity digest is bound to: ``msg`` without ``payload``, ``payload_crc32`` and
+    ``decoded_digest``, serialized deterministically (fields in number order, map entries sorted).
+
+    Everything the decoder rebuilds the features from is in it: format version, split, codec, rate and
+    extras, tensor name, shape and dtype, pre-processing.
+    """
+    header = pb.FeatureBitstream(format_version=msg.format_version, split=msg.split)
+    header.codec.CopyFrom(msg.codec)
+    header.tensors.extend(msg.tensors)
+    if msg.HasField("preprocessing"):
+        header.preprocessing.CopyFrom(msg.preprocessing)
+    return header.SerializeToString(deterministic=True)
+
+
 def encode_features(
     features: np.ndarray, split: str | SplitSpec, codec: str | Codec, rate: int, name: str = "features"
 ) -> pb.FeatureBitstream:
@@ -133,10 +149,10 @@ def encode_features(
         tensors=[pb.TensorInfo(name=name, shape=list(features.shape), dtype=dtype_id)],
         payload=encoded.payload,
         payload_crc32=zlib.crc32(encoded.payload),
-        decoded_digest=encoded.digest,
     )
     if encoded.frame is not None:
         msg.preprocessing.CopyFrom(encoded.frame.to_proto())
+    msg.decoded_digest = bind_digest(encoded.digest, header_bytes(msg))
     return msg
 
 
@@ -209,7 +225,7 @@ def decode_features(msg: pb.FeatureBitstream, max_elements: int | None = None) -
     codec = get_codec(msg.codec.codec)
     codec.require_available()
     tensor = msg.tensors[0]
-    coded = Encoded(payload, frame, dict(msg.codec.extra), msg.decoded_digest)
+    coded = Encoded(payload, frame, dict(msg.codec.extra), msg.decoded_digest, header_bytes(msg))
     del payload  # held by `coded` alone from here
     try:
         out = codec.decode(coded, spec, shape, _NUMPY_DTYPE[tensor.dtype], msg.codec.rate)

@@ -345,6 +345,6 @@ def test_bench_codecs_digest_time_is_of_the_content_the_decoder_verifies() -> No
     assert [len(c) for c in seen] == [features.nbytes]  # raw verifies its stored bytes
     from splitfc.common import integrity
 
-    assert integrity.content_digest(seen[0]) == msg.decoded_digest
+    assert integrity.bind_digest(integrity.content_digest(seen[0]), bitstream.header_bytes(msg)) == msg.decoded_digest
     point = codec_micro.measure(features, "dinov2-cls", "raw", 0)
     assert point.digest_ms is not None and point.digest_ms > 0

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from splitfc.common.bitstream import bitstream_stats, decode_features, encode_features, read_sfc
+from splitfc.common.bitstream import bitstream_stats, decode_features, encode_features, header_bytes, read_sfc
 from splitfc.common.codecs.hyperprior import SHIPPED_DIR, HyperpriorCodec, checkpoint_path
 from splitfc.common.errors import BitstreamError
 from splitfc.common.learned.checkpoint import CheckpointError, config_path, load_checkpoint
@@ -199,8 +199,8 @@ def test_bitstream_from_another_checkpoint_is_refused(tmp_path: Path) -> None:
     frame = FrameInfo(tuple((r.low, r.high) for r in pre.ranges), pre.bit_depth, spec.packing,
                       pre.frame_height, pre.frame_width)
     with pytest.raises(BitstreamError, match="coded with hyperprior checkpoint"):
-        codec.decode(Encoded(msg.payload, frame, dict(msg.codec.extra), msg.decoded_digest), spec, x.shape,
-                     np.dtype(np.float32), 3)
+        coded = Encoded(msg.payload, frame, dict(msg.codec.extra), msg.decoded_digest, header_bytes(msg))
+        codec.decode(coded, spec, x.shape, np.dtype(np.float32), 3)
     # the same payload claimed to be quality 2 of the shipped set is refused too
     msg.codec.rate = 2
     with pytest.raises(BitstreamError, match="coded with hyperprior checkpoint"):

@@ -55,9 +55,17 @@ CLIENT = textwrap.dedent(
         tensors=[bs.TensorInfo(name="features", shape=shape, dtype=bs.DTYPE_FLOAT32)],
         payload=payload,
         payload_crc32=zlib.crc32(payload),
-        # the integrity digest as bitstream.proto defines it: BLAKE2b-64 of raw's stored bytes
-        decoded_digest=hashlib.blake2b(payload, digest_size=8).digest(),
     )
+    # the integrity digest as bitstream.proto defines it: BLAKE2b-64 of the header (the message without
+    # payload, CRC and digest, serialized deterministically) followed by BLAKE2b-64 of raw's stored bytes
+    header = bs.FeatureBitstream()
+    header.CopyFrom(bitstream)
+    header.ClearField("payload")
+    header.ClearField("payload_crc32")
+    content = hashlib.blake2b(payload, digest_size=8).digest()
+    bitstream.decoded_digest = hashlib.blake2b(
+        header.SerializeToString(deterministic=True) + content, digest_size=8
+    ).digest()
     resp = stub.Infer(svc.InferRequest(request_id="proto-only", bitstream=bitstream.SerializeToString()), timeout=60)
     c = resp.result.classification
     print(json.dumps({

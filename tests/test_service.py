@@ -16,8 +16,8 @@ from _serving import ALL_SPLITS, BlockingModel, ServerThread, cloud_settings, ra
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from splitfc.common.bitstream import FORMAT_VERSION, encode_features, parse_bitstream
-from splitfc.common.integrity import content_digest
+from splitfc.common.bitstream import FORMAT_VERSION, encode_features, header_bytes, parse_bitstream
+from splitfc.common.integrity import bind_digest, content_digest
 from splitfc.common.models import get_split_model
 from splitfc.common.specs import SPLITS
 from splitfc.common.wire import task_result_from_proto, top_k
@@ -215,7 +215,7 @@ def _nan_features(split: str = "dinov2-cls") -> bytes:
     values[len(values) // 2] = np.nan
     m.payload = values.tobytes()
     m.payload_crc32 = zlib.crc32(m.payload)
-    m.decoded_digest = content_digest(m.payload)
+    m.decoded_digest = bind_digest(content_digest(m.payload), header_bytes(m))
     return m.SerializeToString()
 
 

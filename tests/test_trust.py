@@ -17,7 +17,15 @@ import pytest
 
 from splitfc.cloud.errors import STATUS_BY_ERROR, Status, status_for
 from splitfc.common import errors
-from splitfc.common.bitstream import decode_features, encode_features, read_sfc, validate_bitstream, write_sfc
+from splitfc.common.bitstream import (
+    decode_features,
+    encode_features,
+    header_bytes,
+    parse_bitstream,
+    read_sfc,
+    validate_bitstream,
+    write_sfc,
+)
 from splitfc.common.codecs import get_codec
 from splitfc.common.codecs.base import Encoded
 from splitfc.common.codecs.raw import RawCodec
@@ -28,7 +36,7 @@ from splitfc.common.errors import (
     NonFiniteError,
     SplitfcError,
 )
-from splitfc.common.integrity import DIGEST_BYTES, content_digest, verify_digest
+from splitfc.common.integrity import DIGEST_BYTES, bind_digest, content_digest, verify_digest
 from splitfc.common.specs import get_split
 
 
@@ -40,7 +48,7 @@ def _with_payload(msg, payload: bytes, digest: bytes | None = None):
     """``msg`` with a new payload, its CRC recomputed, and the digest the encoder would compute."""
     msg.payload = payload
     msg.payload_crc32 = zlib.crc32(payload)
-    msg.decoded_digest = content_digest(payload) if digest is None else digest
+    msg.decoded_digest = bind_digest(content_digest(payload), header_bytes(msg)) if digest is None else digest
     return msg
 
 
@@ -261,3 +269,47 @@ def test_cli_raw_float16_overflow_fails_with_one_line(tmp_path: Path, make_featu
                     "-o", str(tmp_path / "x.sfc"))
     _one_line_error(proc, "largest feature magnitude 1e+06")
     assert not (tmp_path / "x.sfc").exists()
+
+
+# -- the digest covers the header too (an outsider's single-bit flips in a .sfc header) ------------------------
+
+
+@pytest.mark.parametrize("codec", ["hevc", "raw"])
+def test_every_single_bit_flip_in_the_header_is_refused_or_harmless(codec: str, make_features) -> None:
+    """Flip each bit of every header byte of a serialized bitstream: the decode must fail, or give exactly
+    the honest features (a flip in a byte the decoder does not use). It must never return other features."""
+    if get_codec(codec).unavailable_reason():
+        pytest.skip(get_codec(codec).unavailable_reason())
+    x = make_features((2, 9, 16), seed=11)
+    msg = encode_features(x, "dinov2-seg", codec, 32 if codec == "hevc" else 0)
+    honest = decode_features(msg)
+    data = msg.SerializeToString()
+    start = data.index(msg.payload)
+    header_positions = [i for i in range(len(data)) if not start <= i < start + len(msg.payload)]
+    wrong = []
+    for i in header_positions:
+        for bit in range(8):
+            flipped = bytearray(data)
+            flipped[i] ^= 1 << bit
+            try:
+                out = decode_features(parse_bitstream(bytes(flipped)))
+            except SplitfcError:
+                continue
+            if out.shape != honest.shape or out.dtype != honest.dtype or not np.array_equal(out, honest):
+                wrong.append((i, bit))
+    assert not wrong, f"{len(wrong)} header bit flips decoded to other features, e.g. {wrong[:5]}"
+
+
+def test_a_relabelled_split_or_bit_depth_is_refused(make_features) -> None:
+    codec = get_codec("hevc")
+    if codec.unavailable_reason():
+        pytest.skip(codec.unavailable_reason())
+    msg = encode_features(make_features((65, 128), seed=12), "dinov2-cls", codec, 32)
+    relabelled = type(msg)()
+    relabelled.CopyFrom(msg)
+    relabelled.split = "llama3-csr"  # same layout and packing: only the digest's header binding catches it
+    with pytest.raises(IntegrityError):
+        decode_features(relabelled)
+    msg.preprocessing.bit_depth = 11
+    with pytest.raises(HeaderError, match="codes 10-bit frames"):
+        decode_features(msg)

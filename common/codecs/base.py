@@ -41,6 +41,9 @@ class Encoded:
     frame: FrameInfo | None = None
     extra: dict[str, str] = field(default_factory=dict)
     digest: bytes = b""
+    header: bytes | None = None
+    """On decode: the bitstream's header bytes, to which ``digest`` is bound (`integrity.bind_digest`);
+    None when ``digest`` is the bare content digest (as ``encode`` returns it)."""
 
 
 class Codec(ABC):
@@ -141,7 +144,9 @@ class FrameCodec(Codec):
                 f"codec {self.name} decoded a {decoded.shape} frame, "
                 f"expected {(frame.frame_height, frame.frame_width)}"
             )
-        verify_digest(decoded, coded.digest, f"codec {self.name}")
+        if frame.bit_depth != self.bit_depth:
+            raise HeaderError(f"codec {self.name} codes {self.bit_depth}-bit frames, the header says {frame.bit_depth}")
+        verify_digest(decoded, coded.digest, f"codec {self.name}", coded.header)
         return decoded
 
     def decode(

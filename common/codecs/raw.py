@@ -145,5 +145,5 @@ class RawCodec(Codec):
             raise BitstreamError(f"raw payload has unknown compression {quote(compression)}")
         if len(payload) != expected:
             raise BitstreamError(f"raw payload has {len(payload)} bytes, shape {shape} of {store} needs {expected}")
-        verify_digest(payload, coded.digest, "codec raw")
+        verify_digest(payload, coded.digest, "codec raw", coded.header)
         return _from_store(payload, store, shape).astype(dtype)
