@@ -1,7 +1,9 @@
 """Tokenizers for the ``tiny`` preset, trained offline with the `tokenizers` library.
 
 The training text is the standard library's ``pydoc_data.topics`` (always
-installed, English). Training is deterministic (same vocabulary in every
+installed, English). The vocabularies are canonicalised after training (`canonical_bpe_vocab`, rounded
+and sorted Unigram scores: the trainers number tokens in hash-map order and sum in varying order), so they
+are the same in every
 process and on every machine), takes well under a second, and is cached per
 process.
 """
@@ -85,7 +87,22 @@ def _clip_vocab_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
 
     model = json.loads(tok.to_str())["model"]
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
-    return dict(model["vocab"]), merges
+    return canonical_bpe_vocab(dict(model["vocab"]), merges, 2), merges
+
+
+def canonical_bpe_vocab(vocab: dict[str, int], merges: list[tuple[str, str]], specials: int) -> dict[str, int]:
+    """Token ids that do not depend on the process: the trainer numbers its initial alphabet in hash-map
+    order (a different order in every process, so a tiny model's embeddings would meet other tokens);
+    the token set and the merges are deterministic. Ids: the ``specials`` first (in their order), then
+    the alphabet sorted, then each merge's result in merge order."""
+    by_id = sorted(vocab, key=vocab.__getitem__)
+    merged = list(dict.fromkeys(a + b for a, b in merges))
+    merged_set = set(merged)
+    alphabet = sorted(t for t in by_id[specials:] if t not in merged_set)
+    order = [*by_id[:specials], *alphabet, *merged]
+    if sorted(order) != sorted(vocab):
+        raise ValueError("BPE vocabulary is not its specials, alphabet and merges")
+    return {token: i for i, token in enumerate(order)}
 
 
 def clip_tokenizer():  # -> CLIPTokenizer
@@ -109,7 +126,27 @@ def _t5_vocab() -> tuple[tuple[str, float], ...]:
     tok.train_from_iterator(_short_corpus(), trainer)
     import json
 
-    return tuple((piece, float(score)) for piece, score in json.loads(tok.to_str())["model"]["vocab"])
+    vocab = [(piece, float(score)) for piece, score in json.loads(tok.to_str())["model"]["vocab"]]
+    # The Unigram trainer's scores differ in the last bits between processes (its EM sums in another
+    # order) and the rare characters it appends get scores 1e-4 apart in hash-map order. Canonical form:
+    # scores rounded to 1e-6 (the same set in every process), cut into clusters where sorted neighbours are
+    # under 1e-3 apart (the cut depends on that set only); within a cluster the pieces are ordered by text
+    # and take its scores in descending order. Every process builds one vocabulary.
+    specials, pieces = vocab[:3], vocab[3:]
+    pieces = [(p, round(score, 6)) for p, score in pieces]
+    ranked = sorted(pieces, key=lambda ps: -ps[1])
+    clusters: list[list[tuple[str, float]]] = []
+    for piece in ranked:
+        if clusters and clusters[-1][-1][1] - piece[1] < 1e-3:
+            clusters[-1].append(piece)
+        else:
+            clusters.append([piece])
+    canonical = [
+        (p, score)
+        for cluster in clusters
+        for (p, _), score in zip(sorted(cluster), sorted((sc for _, sc in cluster), reverse=True), strict=True)
+    ]
+    return tuple(specials + canonical)
 
 
 def t5_tokenizer():  # -> T5Tokenizer
