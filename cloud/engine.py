@@ -8,15 +8,9 @@ CPU work runs in a thread pool of ``max_concurrency`` workers, off the event
 loop. A worker slot is released only when its thread finishes, even if the
 caller gave up (deadline, cancel): the CPU bound holds.
 
-Workers go to clients fairly (`FairSlots`): a freed worker goes to the waiting
-request of the client running the fewest, and a client that fills the queue
-gives way to one that has less waiting. Work stops for a caller that is gone: a
-request whose deadline passed while queued never starts, external decoders are
-killed (`stop_when`), the tail is skipped once the deadline passed or the caller
-left. A request's bytes are held in one `Payload` that is emptied when the
-request ends, and failures are returned `detached` (no traceback): what a failed
-request held is freed by reference counting, without waiting for the garbage
-collector.
+Workers go to clients fairly (`splitfc.cloud.admission`); work stops for a caller that is gone (the
+queue, external decoders, the tail); a request's bytes live in one `Payload` emptied when it ends and
+failures carry no traceback, so a failed request's memory is freed without the garbage collector.
 
 Errors come in typed (`splitfc.common.errors`) and go out as `RequestFailed`
 with a transport-free `Status`; the entrypoints (``cloud/servicer.py`` for gRPC,
@@ -26,104 +20,32 @@ with a transport-free `Status`; the entrypoints (``cloud/servicer.py`` for gRPC,
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from math import prod
 from typing import Any
 
-from splitfc import __version__
+from splitfc.cloud.admission import ByteBudget, FairSlots
 from splitfc.cloud.errors import RequestFailed, Status
 from splitfc.cloud.metrics import CloudMetrics, codec_label, split_label
+from splitfc.cloud.request import Bitstream, InferOutcome, Payload, RequestRecord, WorkStop, request_id_problem
 from splitfc.cloud.settings import CloudSettings
 from splitfc.common.bitstream import FORMAT_VERSION, bitstream_stats, decode_features, parse_bitstream
-from splitfc.common.codecs import CODECS
-from splitfc.common.codecs._external import stop_when
+from splitfc.common.codecs import CODECS, stop_when
 from splitfc.common.errors import ShapeError, SplitfcError, TooManyElementsError
 from splitfc.common.models.base import SplitModel
 from splitfc.common.specs import SPLITS
-from splitfc.common.tasks import get_task
 from splitfc.common.transport import MAX_REQUEST_ID_CHARS
-from splitfc.common.untrusted import clip, quote
+from splitfc.common.untrusted import clip
 from splitfc.common.wire import task_result_to_proto
-from splitfc.v1 import bitstream_pb2 as bpb
 from splitfc.v1 import service_pb2 as svc
 
 ModelLoader = Callable[[str, str], SplitModel]
-Bitstream = bytes | bpb.FeatureBitstream
 
 DEADLINE_SLACK_S = 0.5
 """A cancellation this close to the deadline is counted as DEADLINE_EXCEEDED (see `InferenceEngine.run`)."""
-
-
-class Payload:
-    """A request's bitstream, held in one place: `drop` (when the request ends) frees it even if a frame
-    or a traceback somewhere still refers to the holder."""
-
-    __slots__ = ("data",)
-
-    def __init__(self, data: Bitstream | None) -> None:
-        self.data = data
-
-    def drop(self) -> None:
-        self.data = None
-
-
-class WorkStop:
-    """Why a request's work should stop: its deadline passed, or the caller went away."""
-
-    __slots__ = ("abandoned", "deadline")
-
-    def __init__(self, deadline: float | None) -> None:
-        self.deadline = deadline
-        """The caller's deadline on ``time.monotonic()``'s clock (None: none)."""
-        self.abandoned: str | None = None
-        """Set by the event loop when nobody waits for the result any more."""
-
-    def reason(self) -> str | None:
-        if self.abandoned is not None:
-            return self.abandoned
-        if self.deadline is not None and time.monotonic() >= self.deadline:
-            return "deadline exceeded"
-        return None
-
-    def failure(self, where: str) -> RequestFailed:
-        reason = self.reason() or "stopped"
-        status = Status.DEADLINE_EXCEEDED if reason == "deadline exceeded" else Status.CANCELLED
-        return RequestFailed(status, f"{reason} {where}")
-
-
-@dataclass
-class RequestRecord:
-    """What one request logs and counts."""
-
-    request_id: str
-    method: str
-    split: str | None = None
-    codec: str | None = None
-    qp: int | None = None
-    stats: dict[str, Any] = field(default_factory=dict)
-    timings_ms: dict[str, float] = field(default_factory=dict)
-    status: str = "OK"
-    message: str = ""
-    client: str = ""
-
-
-@dataclass(frozen=True)
-class InferOutcome:
-    """A successful request: the task result and what the response reports beside it."""
-
-    request_id: str
-    split: str
-    result: svc.TaskResult
-    timings_ms: dict[str, float]
-    """``queue_ms``, ``decode_ms``, ``tail_ms``, ``total_ms`` (server side)."""
-    stats: dict[str, Any]
-    """`BitstreamStats.as_dict()` of the request's bitstream."""
 
 
 def default_model_loader(split_id: str, preset: str) -> SplitModel:
@@ -146,151 +68,6 @@ def served_max_tokens(model: SplitModel) -> int | None:
             return n
         current, seen = getattr(current, "inner", None), seen + 1
     return None
-
-
-def request_id_problem(request_id: str) -> str | None:
-    """Why a client's request id is refused (None: it is fine)."""
-    if len(request_id) > MAX_REQUEST_ID_CHARS:
-        return (f"request_id of {len(request_id)} characters is over the limit of {MAX_REQUEST_ID_CHARS}: "
-                f"{quote(request_id)}")
-    return None
-
-
-class FairSlots:
-    """``max_concurrency`` worker slots shared fairly between clients (event loop only: no lock).
-
-    A freed slot goes to the waiting request of the client with the fewest running, among equals the
-    one served least recently (round robin), so a client with a long queue cannot keep another's
-    request waiting behind all of its own. The queue holds at most ``max_queue`` requests; when it is
-    full, a request of a client with fewer waiting takes the place of the newest request of the client
-    with the most (that one is refused with RESOURCE_EXHAUSTED), so one client cannot fill the queue
-    for everyone.
-    """
-
-    def __init__(self, slots: int, max_queue: int, on_queue_change: Callable[[int], None]) -> None:
-        self.slots = slots
-        self.max_queue = max_queue
-        self.free = slots
-        self.running: dict[str, int] = {}
-        self.waiting: dict[str, deque[tuple[int, asyncio.Future[None]]]] = {}
-        self.queued = 0
-        self._seq = itertools.count()
-        self._served: dict[str, int] = {}
-        """When each client with requests running or waiting was last given a slot (`_seq` order)."""
-        self._on_queue_change = on_queue_change
-
-    def _busy(self, detail: str) -> RequestFailed:
-        return RequestFailed(
-            Status.RESOURCE_EXHAUSTED,
-            f"server busy: {self.slots} requests running and {self.queued} waiting (max_queue {self.max_queue})"
-            f"{detail}; retry later",
-            limit="queue",
-        )
-
-    def _make_room(self, client: str) -> None:
-        """Queue full: push out the newest waiter of the client with the most waiting, if it has more than
-        ``client`` would; else refuse ``client``."""
-        mine = len(self.waiting.get(client, ()))
-        heaviest = max(self.waiting, key=lambda c: len(self.waiting[c]), default=None)
-        if heaviest is None or len(self.waiting[heaviest]) <= mine + 1:
-            raise self._busy("")
-        _, victim = self.waiting[heaviest].pop()
-        if not self.waiting[heaviest]:
-            del self.waiting[heaviest]
-            self._tidy(heaviest)
-        self._set_queued(self.queued - 1)
-        victim.set_exception(self._busy(", and another client was waiting with fewer requests"))
-
-    def _set_queued(self, n: int) -> None:
-        self.queued = n
-        self._on_queue_change(n)
-
-    async def acquire(self, client: str) -> None:
-        """Take a slot for ``client``, waiting in the queue if needed; raises `RequestFailed` (queue)."""
-        if self.free > 0:  # a free slot means nobody live is waiting (release hands slots to waiters first)
-            self.free -= 1
-            self._grant(client)
-            return
-        if self.queued >= self.max_queue:
-            self._make_room(client)
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        entry = (next(self._seq), fut)
-        self.waiting.setdefault(client, deque()).append(entry)
-        self._set_queued(self.queued + 1)
-        try:
-            await fut
-        except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled() and fut.exception() is None:
-                self.release(client)  # granted just as the caller left: hand the slot on
-            else:
-                self._forget(client, entry)
-            raise
-        except RequestFailed as exc:
-            raise exc.detached() from None
-
-    def _grant(self, client: str) -> None:
-        self.running[client] = self.running.get(client, 0) + 1
-        self._served[client] = next(self._seq)
-
-    def _tidy(self, client: str) -> None:
-        if client not in self.running and client not in self.waiting:
-            self._served.pop(client, None)
-
-    def _forget(self, client: str, entry: tuple[int, asyncio.Future[None]]) -> None:
-        queue = self.waiting.get(client)
-        if queue is not None and entry in queue:
-            queue.remove(entry)
-            if not queue:
-                del self.waiting[client]
-            self._set_queued(self.queued - 1)
-        self._tidy(client)
-
-    def release(self, client: str) -> None:
-        """Give ``client``'s slot back: to the fairest waiter, else to the pool."""
-        n = self.running.get(client, 0) - 1
-        if n > 0:
-            self.running[client] = n
-        else:
-            self.running.pop(client, None)
-        self._tidy(client)
-        while self.waiting:
-            nxt = min(self.waiting, key=lambda c: (self.running.get(c, 0), self._served.get(c, -1)))
-            queue = self.waiting[nxt]
-            _, fut = queue.popleft()
-            if not queue:
-                del self.waiting[nxt]
-            self._set_queued(self.queued - 1)
-            if fut.done():  # cancelled while queued (its task removes nothing more)
-                self._tidy(nxt)
-                continue
-            self._grant(nxt)
-            fut.set_result(None)
-            return
-        self.free += 1
-
-
-class ByteBudget:
-    """Bytes held at once across requests (the chunked-upload budget); event loop only."""
-
-    def __init__(self, limit: int, on_change: Callable[[int], None]) -> None:
-        self.limit = limit
-        self.used = 0
-        self._on_change = on_change
-
-    def left(self) -> int:
-        return self.limit - self.used
-
-    def take(self, n: int) -> bool:
-        """Reserve ``n`` bytes; False (nothing taken) when that would pass the limit."""
-        if self.used + n > self.limit:
-            return False
-        self.used += n
-        self._on_change(self.used)
-        return True
-
-    def give(self, n: int) -> None:
-        self.used -= n
-        self._on_change(self.used)
 
 
 class InferenceEngine:
@@ -360,32 +137,9 @@ class InferenceEngine:
 
     def info(self) -> svc.ServerInfo:
         """Models, splits, codecs and limits (the ``GetInfo`` answer, served as JSON over HTTP too)."""
-        s = self.settings
-        splits = []
-        for split_id in self.split_ids:
-            spec = SPLITS[split_id]
-            model = self.models.get(split_id)
-            shape = [0 if d is None else int(d) for d in model.expected_shape()] if model is not None else []
-            splits.append(svc.SplitInfo(
-                split=split_id, family=spec.family, task=spec.task, feature_shape=shape,
-                max_elements=self.max_elements(split_id), metric=get_task(spec.task).metric,
-                model=(getattr(model, "model_name", "") or type(model).__name__) if model is not None else "",
-            ))
-        codecs = [
-            svc.CodecInfo(
-                name=name, available=self.codec_status[name] is None, reason=self.codec_status[name] or "",
-                rate_name=cls.rate_name, rates=list(cls.rates),
-            )
-            for name, cls in CODECS.items()
-        ]
-        return svc.ServerInfo(
-            version=__version__, preset=s.preset, ready=self.ready, splits=splits, codecs=codecs,
-            limits=svc.Limits(
-                max_message_bytes=s.max_message_bytes, max_bitstream_bytes=s.max_bitstream_bytes,
-                max_concurrency=s.max_concurrency, max_queue=s.max_queue,
-            ),
-            bitstream_format_version=FORMAT_VERSION,
-        )
+        from splitfc.cloud.info import server_info
+
+        return server_info(self)
 
     # -- the work (runs in a worker thread) --------------------------------------------------
     def _check_shape(self, split: str, shape: tuple[int, ...]) -> None:

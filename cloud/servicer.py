@@ -32,8 +32,9 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from splitfc.cloud.engine import InferenceEngine, InferOutcome, Payload, request_id_problem
+from splitfc.cloud.engine import InferenceEngine
 from splitfc.cloud.errors import RequestFailed, Status
+from splitfc.cloud.request import InferOutcome, Payload, request_id_problem
 from splitfc.cloud.security import current_client
 from splitfc.v1 import service_pb2 as svc
 

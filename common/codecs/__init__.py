@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
+from splitfc.common.codecs._external import stop_when
 from splitfc.common.codecs.base import Codec, Encoded, FrameCodec, FrameInfo
 from splitfc.common.errors import UnknownNameError
 
@@ -39,4 +40,4 @@ def _import_codec_modules() -> None:
 
 _import_codec_modules()
 
-__all__ = ["CODECS", "Codec", "Encoded", "FrameCodec", "FrameInfo", "get_codec", "register_codec"]
+__all__ = ["CODECS", "Codec", "Encoded", "FrameCodec", "FrameInfo", "get_codec", "register_codec", "stop_when"]

@@ -59,8 +59,9 @@ def in_process_throughput(split: str, bitstreams: list[bytes], requests: int, wo
     result encoding) on ``workers`` threads, without gRPC or the event loop."""
     import logging
 
-    from splitfc.cloud.engine import InferenceEngine, RequestRecord
+    from splitfc.cloud.engine import InferenceEngine
     from splitfc.cloud.metrics import CloudMetrics
+    from splitfc.cloud.request import RequestRecord
     from splitfc.cloud.settings import CloudSettings
 
     service = InferenceEngine(
