@@ -15,8 +15,6 @@ import numpy as np
 
 from splitfc.common.models.base import SplitModel, TaskOutput
 
-_ARRAY_FIELDS = ("probs", "mask", "depth", "image")
-
 
 class Score(NamedTuple):
     """A task metric value with its name and direction."""
@@ -44,7 +42,7 @@ def samples(split_id: str, n: int) -> list[Any]:
 def output_to_cache(out: TaskOutput) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """JSON-able scalars and arrays of a task output."""
     fields: dict[str, Any] = {"task": out.task, "label": out.label, "choices": list(out.choices)}
-    arrays = {name: np.asarray(getattr(out, name)) for name in _ARRAY_FIELDS if getattr(out, name) is not None}
+    arrays = {name: np.asarray(value) for name in TaskOutput.ARRAY_FIELDS if (value := getattr(out, name)) is not None}
     return fields, arrays
 
 
@@ -52,7 +50,7 @@ def output_from_cache(fields: dict[str, Any], arrays: dict[str, np.ndarray]) -> 
     """Inverse of `output_to_cache`."""
     return TaskOutput(
         task=fields["task"], label=fields.get("label"), choices=list(fields.get("choices") or []),
-        **{name: arrays.get(name) for name in _ARRAY_FIELDS},
+        **{name: arrays.get(name) for name in TaskOutput.ARRAY_FIELDS},
     )
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -57,6 +57,9 @@ class TaskOutput:
     csr: ``label`` (answer index), ``probs`` over the choices, ``choices`` (letters);
     tti: ``image`` (HxWx3 uint8).
     """
+
+    ARRAY_FIELDS: ClassVar[tuple[str, ...]] = ("probs", "mask", "depth", "image")
+    """The array-valued fields (stored beside the scalars in caches)."""
 
     task: str
     label: int | None = None

@@ -18,6 +18,9 @@ from splitfc.common.tasks.base import Keep, Task
 from splitfc.common.wire import top_k
 from splitfc.v1 import service_pb2 as svc
 
+MAX_CLASSES = 1 << 20
+"""Largest class count a classification response may declare (the receiver allocates that many floats)."""
+
 
 @register_task
 class Classification(Task):
@@ -38,8 +41,13 @@ class Classification(Task):
         )
 
     def from_proto(self, res: svc.TaskResult) -> TaskOutput:
-        """``probs`` holds the top 5 only (the others 0)."""
+        """``probs`` holds the top 5 only (the others 0). A response is untrusted: class ids and counts
+        outside 0..`MAX_CLASSES` or top-5 lists of different lengths are a `SplitfcError`."""
         c = res.classification
+        if not 0 <= c.num_classes <= MAX_CLASSES or any(not 0 <= i < MAX_CLASSES for i in c.top5_ids):
+            raise SplitfcError(f"classification response declares classes outside 0..{MAX_CLASSES}")
+        if len(c.top5_ids) != len(c.top5_probs):
+            raise SplitfcError("classification response: top-5 ids and probabilities differ in length")
         probs = np.zeros(max(c.num_classes, (max(c.top5_ids) + 1) if c.top5_ids else 0), dtype=np.float32)
         probs[list(c.top5_ids)] = list(c.top5_probs)
         return TaskOutput(task=self.name, label=int(c.label), probs=probs)
