@@ -232,7 +232,9 @@ def test_cancelled_uploads_free_their_memory_without_the_garbage_collector(big_c
     cancel_one(0, 2)  # warm-up
     grown = _grown_without_gc(lambda: [cancel_one(i, MEMORY_MIB // 4) for i in (1, 2)])
     print(f"2 cancelled {MEMORY_MIB} MiB uploads, GC off: RSS {grown:+.0f} MiB")
-    assert grown < MEMORY_MIB, f"RSS grew by {grown:.0f} MiB after 2 cancelled {MEMORY_MIB} MiB uploads"
+    # Both uploads kept would be >= 2 x MEMORY_MIB; the bound leaves room for the client side's own buffers in
+    # this process (measured +0..+72 MiB here, under load).
+    assert grown < 1.5 * MEMORY_MIB, f"RSS grew by {grown:.0f} MiB after 2 cancelled {MEMORY_MIB} MiB uploads"
     assert requests_with(big_cloud, "CANCELLED") == 3
 
 
