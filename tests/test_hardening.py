@@ -712,3 +712,24 @@ def test_error_messages_are_bounded() -> None:
     from splitfc.cloud.errors import MAX_MESSAGE_CHARS, RequestFailed, Status
 
     assert len(RequestFailed(Status.INTERNAL, "z" * 100_000).message) <= MAX_MESSAGE_CHARS + 3
+
+
+def test_a_streamed_zstd_frame_without_declared_size_decodes() -> None:
+    """Outside review: a third-party encoder streaming the payload (no declared size, 2-8 MiB window) was
+    refused as "corrupt" by a window cap sized from the tensor alone."""
+    import zstandard
+
+    from splitfc.common.codecs.raw import zstd_decompress_bounded
+
+    data = np.random.default_rng(3).standard_normal(20_000).astype("<f4").tobytes()
+    for level in (1, 3, 19):
+        cctx = zstandard.ZstdCompressor(level=level, write_content_size=False)
+        chunker = cctx.compressobj()
+        frame = chunker.compress(data) + chunker.flush()
+        assert zstandard.frame_content_size(frame) == -1
+        assert zstd_decompress_bounded(frame, len(data)) == data
+
+
+def test_raw_takes_rate_zero_only() -> None:
+    with pytest.raises(HeaderError, match=r"in \[0, 0\], got 5"):
+        RawCodec.check_rate(5)

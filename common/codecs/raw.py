@@ -69,7 +69,7 @@ def zstd_decompress_bounded(payload: bytes, expected: int) -> bytes:
     The frame's declared content size is checked before anything is allocated (zstandard honours
     ``max_output_size`` only for frames *without* a declared size: a 32 KB frame declaring 1 GiB was
     decompressed whole); either way the output is read through a bounded stream reader with a window
-    no larger than the expected content needs.
+    no larger than the expected content needs (at least 8 MiB, what streaming encoders use).
     """
     import zstandard
 
@@ -79,7 +79,8 @@ def zstd_decompress_bounded(payload: bytes, expected: int) -> bytes:
         raise BitstreamError("raw zstd payload is corrupt (no zstd frame header)") from None
     if declared not in (-1, expected):  # -1: the frame does not say
         raise BitstreamError(f"raw zstd frame declares {declared} bytes, the tensor needs {expected}")
-    window = 1 << max(20, min(27, max(expected, 1).bit_length()))
+    # zstd encoders that do not know the size stream with windows up to 8 MiB (level 19): accept those.
+    window = 1 << max(23, min(27, max(expected, 1).bit_length()))
     out: list[bytes] = []
     size = 0
     try:
@@ -107,6 +108,7 @@ class RawCodec(Codec):
     description: ClassVar[str] = "uncompressed float32/float16/bfloat16, optional zstd (lossless reference)"
     rate_name: ClassVar[str] = "none"
     rates: ClassVar[tuple[int, ...]] = (0,)
+    rate_bounds: ClassVar[tuple[int, int]] = (0, 0)
     min_payload_bits_per_element: ClassVar[float] = 4 * 8 / (ZSTD_MAX_BLOCK / 2)
     """Exact: zstd's densest coding is a 4-byte RLE block per 128 KiB, i.e. per 65536 float16/bfloat16
     elements (1/2048 bit each); uncompressed payloads carry 16 or 32 bits per element."""
