@@ -37,3 +37,26 @@ def heavy_features(shape: tuple[int, ...], seed: int = 0, scale: float = 3.0) ->
 def make_features():
     """Factory fixture: ``make_features(shape, seed=0)`` -> heavy-tailed float32 array."""
     return heavy_features
+
+
+class _ArgmaxModel:
+    """Stand-in tail for benchmark tests: class = argmax of the channel means (changes when coding hurts)."""
+
+    def tail(self, features: np.ndarray):  # -> TaskOutput
+        from splitfc.common.models.base import TaskOutput
+
+        means = features.mean(axis=0)
+        return TaskOutput(task="cls", label=int(np.argmax(means)), probs=means.astype(np.float32))
+
+
+@pytest.fixture
+def fake_task(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The benchmark's task layer with a stand-in model and an agreement metric (no real models)."""
+    from splitfc.common.bench import task
+
+    def accuracy(split: str, outputs: list, refs: list) -> task.Score:
+        value = 100.0 * float(np.mean([o.label == r.label for o, r in zip(outputs, refs, strict=True)]))
+        return task.Score(value, "Accuracy", True)
+
+    monkeypatch.setattr(task, "split_model", lambda split, preset: _ArgmaxModel())
+    monkeypatch.setattr(task, "score", accuracy)

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from splitfc.cli import main
-from splitfc.common.bench import task
 from splitfc.common.bench.aggregate import aggregate_records
 from splitfc.common.bench.analysis import accuracy_drop, as_quality, r_squared
 from splitfc.common.bench.cache import ResultCache, point_key
@@ -118,24 +117,6 @@ def test_feature_folder_layouts(tmp_path: Path) -> None:
 
 # ----------------------------------------------------------------------------- runs with a stand-in task layer
 
-
-class _ArgmaxModel:
-    """Stand-in tail: class = argmax of the channel means (changes when coding hurts)."""
-
-    def tail(self, features: np.ndarray) -> TaskOutput:
-        means = features.mean(axis=0)
-        return TaskOutput(task="cls", label=int(np.argmax(means)), probs=means.astype(np.float32))
-
-
-def _accuracy(split: str, outputs: list[TaskOutput], refs: list[TaskOutput]) -> task.Score:
-    value = 100.0 * float(np.mean([o.label == r.label for o, r in zip(outputs, refs, strict=True)]))
-    return task.Score(value, "Accuracy", True)
-
-
-@pytest.fixture
-def fake_task(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(task, "split_model", lambda split, preset: _ArgmaxModel())
-    monkeypatch.setattr(task, "score", _accuracy)
 
 
 def _features(root: Path, n: int = 3) -> Path:

@@ -21,29 +21,12 @@ import numpy as np
 import pytest
 
 from splitfc.common import bitstream
-from splitfc.common.bench import codec_micro, runner, task
+from splitfc.common.bench import codec_micro, runner
 from splitfc.common.bench.memory import PeakMemory
 from splitfc.common.bench.runner import BenchConfig, point_key_for, run_bench
-from splitfc.common.models.base import TaskOutput
 
 # ----------------------------------------------------------------------------- set-up
 
-
-class _ArgmaxModel:
-    def tail(self, features: np.ndarray) -> TaskOutput:
-        means = features.mean(axis=0)
-        return TaskOutput(task="cls", label=int(np.argmax(means)), probs=means.astype(np.float32))
-
-
-def _accuracy(split: str, outputs: list[TaskOutput], refs: list[TaskOutput]) -> task.Score:
-    value = 100.0 * float(np.mean([o.label == r.label for o, r in zip(outputs, refs, strict=True)]))
-    return task.Score(value, "Accuracy", True)
-
-
-@pytest.fixture
-def fake_task(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(task, "split_model", lambda split, preset: _ArgmaxModel())
-    monkeypatch.setattr(task, "score", _accuracy)
 
 
 @pytest.fixture
