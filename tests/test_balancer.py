@@ -39,7 +39,7 @@ NGINX = local_lb.nginx_binary()
 pytestmark = pytest.mark.skipif(NGINX is None, reason="nginx is not installed (.ci/run installs nginx-light)")
 
 SPLIT = "dinov2-cls"
-SAMPLES = 72
+SAMPLES = 120  # enough requests that the run outlasts the replicas' start-up and both stops, even under load
 PROMETHEUS = shutil.which("prometheus")
 
 
