@@ -42,13 +42,14 @@ from splitfc.v1 import service_pb2 as svc
 
 HANG_SECONDS = 20.0
 """An input that takes longer than this is a hang (external decoders have their own timeout first)."""
-SEED_CODECS = (("raw", 0), ("hevc", 32), ("vvenc", 32), ("hyperprior", 2))
+SEED_CODECS = (("raw", 0), ("hevc", 32), ("vvenc", 32), ("hyperprior", 2), ("native", 32))
 WEIGHTS = {
     "parse_random_bytes": 0.29,
     "request_messages": 0.10,
     "rpc_calls": 0.02,
     "validate_structured": 0.20,
-    "raw_mutated": 0.29,
+    "raw_mutated": 0.25,
+    "native_mutated": 0.04,
     "hyperprior_mutated": 0.08,
     "hevc_mutated": 0.01,
     "vvenc_mutated": 0.01,
@@ -336,7 +337,7 @@ def targets() -> dict[str, tuple[st.SearchStrategy[bytes], Callable[[bytes], str
         "rpc_calls": (rpc_calls(), _rpc_call),  # type: ignore[dict-item]
         "validate_structured": (structured_bitstream(), decode_outcome),
     }
-    for codec in ("raw", "hyperprior", "hevc", "vvenc"):
+    for codec in ("raw", "hyperprior", "hevc", "vvenc", "native"):
         seeds = seed_bitstreams(codec)
         if seeds:
             out[f"{codec}_mutated"] = (mutated_bitstream(seeds), decode_outcome)

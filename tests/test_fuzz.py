@@ -11,6 +11,7 @@ from fuzz_targets import RPC_CODES, WEIGHTS, decode_outcome, main, mutate, run_t
 SMALL = {
     "parse_random_bytes": 300, "request_messages": 100, "rpc_calls": 60, "validate_structured": 200, "raw_mutated": 300,
     "hyperprior_mutated": 40, "hevc_mutated": 8, "vvenc_mutated": 8,
+    "native_mutated": 200,
 }
 
 

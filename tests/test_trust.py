@@ -79,7 +79,7 @@ def test_verify_digest_refuses_missing_short_and_wrong_digests() -> None:
         verify_digest(a + 1, content_digest(a), "t")
 
 
-@pytest.mark.parametrize("codec", ["raw", "hevc", "vvenc"])
+@pytest.mark.parametrize("codec", ["raw", "hevc", "vvenc", "native"])
 def test_every_codec_writes_a_digest_that_its_decoder_checks(codec: str, make_features) -> None:
     if get_codec(codec).unavailable_reason():
         pytest.skip(get_codec(codec).unavailable_reason())
@@ -274,14 +274,14 @@ def test_cli_raw_float16_overflow_fails_with_one_line(tmp_path: Path, make_featu
 # -- the digest covers the header too (an outsider's single-bit flips in a .sfc header) ------------------------
 
 
-@pytest.mark.parametrize("codec", ["hevc", "raw"])
+@pytest.mark.parametrize("codec", ["hevc", "raw", "native"])
 def test_every_single_bit_flip_in_the_header_is_refused_or_harmless(codec: str, make_features) -> None:
     """Flip each bit of every header byte of a serialized bitstream: the decode must fail, or give exactly
     the honest features (a flip in a byte the decoder does not use). It must never return other features."""
     if get_codec(codec).unavailable_reason():
         pytest.skip(get_codec(codec).unavailable_reason())
     x = make_features((2, 9, 16), seed=11)
-    msg = encode_features(x, "dinov2-seg", codec, 32 if codec == "hevc" else 0)
+    msg = encode_features(x, "dinov2-seg", codec, 0 if codec == "raw" else 32)
     honest = decode_features(msg)
     data = msg.SerializeToString()
     start = data.index(msg.payload)
