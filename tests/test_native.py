@@ -164,3 +164,14 @@ def test_decode_is_identical_in_another_process(env: dict[str, str], tmp_path) -
 def test_registered_and_listed() -> None:
     codec = get_codec("native")
     assert isinstance(codec, NativeCodec) and codec.unavailable_reason() is None
+
+
+def test_payload_bound_is_below_its_cheapest_coding() -> None:
+    """A flat tensor at the coarsest step is the fewest bits native spends; the payload bound sits below it."""
+    from splitfc.common.bitstream import validate_bitstream
+
+    x = np.zeros((4096, 4096), np.float32)
+    msg = encode_features(x, "llama3-csr", "native", NativeCodec.rate_bounds[1])
+    flat = len(msg.payload) * 8 / x.size
+    assert 0 < NativeCodec.min_payload_bits_per_element < flat, flat
+    validate_bitstream(msg)
