@@ -59,6 +59,9 @@ class BenchConfig:
     features_dir: Path | None = None
     samples: int = 4
     jobs: int = 1
+    executor: str = "local"
+    """``local`` (this machine, ``jobs`` processes) or ``dask`` (the cluster at ``scheduler``, `executors`)."""
+    scheduler: str | None = None
     qps: list[int] | None = None
     """Override the QP codecs' rate points (default: the paper's 22..42)."""
     qualities: list[int] | None = None
@@ -300,7 +303,11 @@ def execute(config: BenchConfig, jobs: list[PointJob], cache_: ResultCache, summ
             raise BenchStopped(f"stopped after {computed_here[0]} computed points")
 
     try:
-        if config.jobs <= 1:
+        if config.executor == "dask":
+            from splitfc.common.bench.executors import execute_dask
+
+            execute_dask(config.scheduler or "", config.preset, todo, done)
+        elif config.jobs <= 1:
             for job in todo:
                 try:
                     record = compute_point(job)
@@ -342,6 +349,10 @@ def run_bench(config: BenchConfig) -> BenchSummary:
     from splitfc.common.bench import report
 
     start = time.perf_counter()
+    if config.executor not in ("local", "dask"):
+        raise SplitfcError(f"unknown executor {config.executor!r}; valid executors: local, dask")
+    if config.executor == "dask" and not config.scheduler:
+        raise SplitfcError("--executor dask needs --scheduler ADDRESS (e.g. tcp://127.0.0.1:8786)")
     if config.preset not in ("tiny", "paper"):
         raise SplitfcError(f"unknown preset {config.preset!r}; valid presets: tiny, paper")
     config.output.mkdir(parents=True, exist_ok=True)
@@ -355,7 +366,7 @@ def run_bench(config: BenchConfig) -> BenchSummary:
         raise SplitfcError("no split has features to benchmark: " + "; ".join(
             f"{k}: {v}" for k, v in summary.skipped_splits.items()))
     # References first and in-process: the codec points are scored against them.
-    ref_config = replace(config, jobs=1, stop_after=None, on_point=None)
+    ref_config = replace(config, jobs=1, executor="local", stop_after=None, on_point=None)
     execute(ref_config, refs, cache_, summary)
     execute(config, jobs, cache_, summary)
     results = report.build_results(config, cache_, refs + jobs, codecs, summary)

@@ -42,6 +42,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "<DIR>/<model>/<task>/feature_test/*.npy) instead of extracting them")
     p.add_argument("--samples", type=int, default=4, help="samples per split (default 4)")
     p.add_argument("--jobs", type=int, default=1, help="parallel worker processes (default 1)")
+    p.add_argument("--executor", choices=["local", "dask"], default="local",
+                   help="where points run: local processes (--jobs) or an existing Dask cluster (--scheduler)")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="Dask scheduler address for --executor dask, e.g. tcp://127.0.0.1:8786")
     p.add_argument("--anchor", default=None, help="anchor codec for BD-rate (default: the first codec run)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG/SVG plots")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -86,7 +90,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise SplitfcError("--jobs must be at least 1")
     config = BenchConfig(
         splits=_csv(args.splits), codecs=_csv(args.codecs), preset=args.preset, features_dir=args.features,
-        samples=args.samples, jobs=args.jobs, qps=args.qps, qualities=args.qualities, output=args.output,
+        samples=args.samples, jobs=args.jobs, executor=args.executor,
+        scheduler=args.scheduler, qps=args.qps, qualities=args.qualities, output=args.output,
         anchor=args.anchor, plots=not args.no_plots, progress=not args.quiet,
     )
     try:
