@@ -57,19 +57,26 @@ def channel_axis(spec: SplitSpec, ndim: int) -> int:
 
 
 def _zigzag(q: np.ndarray) -> np.ndarray:
-    q64 = q.astype(np.int64)
-    return ((q64 << 1) ^ (q64 >> 63)).astype(np.uint32)
+    """int32 -> uint32: 0, -1, 1, -2, ... -> 0, 1, 2, 3, ..."""
+    return ((q << 1) ^ (q >> 31)).view(np.uint32)
 
 
 def _unzigzag(z: np.ndarray) -> np.ndarray:
-    z64 = z.astype(np.int64)
-    return (z64 >> 1) ^ -(z64 & 1)
+    z = z.astype(np.uint32, copy=False)
+    return (z >> 1).astype(np.int32) ^ -(z & 1).astype(np.int32)
 
 
 def _dequantize(symbols: np.ndarray, means: np.ndarray, step: np.float32) -> np.ndarray:
-    """float32 reconstruction of channel-major ``symbols`` (C x N int64) and ``means`` (C int64)."""
-    fine = symbols * MEAN_GRID + means[:, None]
-    return (fine.astype(np.float64) * (np.float64(step) / MEAN_GRID)).astype(np.float32)
+    """float32 reconstruction of channel-major ``symbols`` (C x N int32) and ``means`` (C int64).
+
+    ``MEAN_GRID * q + m`` is an exact integer in float64 (|.| < 2**34), so the only rounding is the
+    product with ``step / MEAN_GRID`` (exact: MEAN_GRID is a power of two) and the cast to float32.
+    """
+    fine = symbols.astype(np.float64)
+    fine *= MEAN_GRID
+    fine += means.astype(np.float64)[:, None]
+    fine *= np.float64(step) / MEAN_GRID
+    return fine.astype(np.float32)
 
 
 @register_codec
@@ -94,23 +101,34 @@ class NativeCodec(Codec):
         moved = np.moveaxis(np.asarray(features, dtype=np.float64), axis, 0)
         x = np.ascontiguousarray(moved).reshape(features.shape[axis], -1)
         mean = x.mean(axis=1)
-        centred = x - mean[:, None]
-        rms = float(np.sqrt(np.mean(centred * centred))) if centred.size else 0.0
+        centred = (x - mean[:, None]).ravel()
+        rms = float(np.sqrt(np.dot(centred, centred) / centred.size)) if centred.size else 0.0
+        del centred
         if not rms > 0.0:
             rms = max(float(np.max(np.abs(x))) if x.size else 0.0, 1.0)
         step = np.float32(rms * 2.0 ** ((rate - 32) / 6))
         if not (np.isfinite(step) and step > 0):
             raise SplitfcError(f"native cannot code these features: quantizer step {float(step)!r}")
-        mean_idx = np.rint(mean / (float(step) / MEAN_GRID)).astype(np.int64)
-        residual = x - mean_idx[:, None] * (float(step) / MEAN_GRID)
-        mag = np.floor(np.abs(residual) / float(step) + (0.5 - DEAD_ZONE))
-        if (mag.size and mag.max() > MAX_SYMBOL) or np.abs(mean_idx).max(initial=0) > MAX_SYMBOL:
+        fine_step = float(step) / MEAN_GRID
+        mean_idx = np.rint(mean / fine_step)
+        scaled = x - (mean_idx * fine_step)[:, None]
+        scaled *= 1.0 / float(step)
+        scaled += np.copysign(0.5 - DEAD_ZONE, scaled)  # dead-zone rounding of |x| / step, sign kept
+        np.trunc(scaled, out=scaled)
+        largest = max(float(scaled.max()), -float(scaled.min())) if scaled.size else 0.0
+        if largest > MAX_SYMBOL or np.abs(mean_idx).max(initial=0) > MAX_SYMBOL:
             raise SplitfcError("native cannot code these features: values span more than 2**30 quantizer steps")
-        symbols = (np.sign(residual) * mag).astype(np.int64)
+        symbols = scaled.astype(np.int32)
+        mean_idx = mean_idx.astype(np.int64)
+        del scaled
         zz = _zigzag(symbols)
-        width = 1 if zz.size == 0 or zz.max() < 256 else 2 if zz.max() < 65536 else 4
-        planes = zz.astype(f"<u{width}").view(np.uint8).reshape(-1, width).T  # byte plane k = byte k
-        body = mean_idx.astype("<i4").tobytes() + np.ascontiguousarray(planes).tobytes()
+        top = int(zz.max()) if zz.size else 0
+        width = 1 if top < 256 else 2 if top < 65536 else 4
+        if width == 1:
+            planes = zz.astype(np.uint8)
+        else:
+            planes = np.ascontiguousarray(zz.astype(f"<u{width}").view(np.uint8).reshape(-1, width).T)
+        body = mean_idx.astype("<i4").tobytes() + planes.tobytes()
         import zstandard
 
         packed = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True).compress(body)
@@ -149,7 +167,10 @@ class NativeCodec(Codec):
         body = zstd_decompress_bounded(payload[HEADER.size:], 4 * channels + width * count)
         means = np.frombuffer(body, dtype="<i4", count=channels).astype(np.int64)
         planes = np.frombuffer(body, dtype=np.uint8, offset=4 * channels).reshape(width, count)
-        zz = np.ascontiguousarray(planes.T).view(f"<u{width}").reshape(channels, tokens)
+        if width == 1:
+            zz = planes.reshape(channels, tokens)
+        else:
+            zz = np.ascontiguousarray(planes.T).view(f"<u{width}").reshape(channels, tokens)
         out = self._to_layout(_dequantize(_unzigzag(zz), means, step), shape, axis, np.dtype(dtype))
         verify_digest(out, coded.digest, "codec native", coded.header)
         return out
