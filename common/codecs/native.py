@@ -66,17 +66,28 @@ def _unzigzag(z: np.ndarray) -> np.ndarray:
     return (z >> 1).astype(np.int32) ^ -(z & 1).astype(np.int32)
 
 
-def _dequantize(symbols: np.ndarray, means: np.ndarray, step: np.float32) -> np.ndarray:
-    """float32 reconstruction of channel-major ``symbols`` (C x N int32) and ``means`` (C int64).
+BLOCK_ELEMENTS = 1 << 20
+"""Dequantization runs over blocks of channels of about this many elements (bounded temporaries)."""
+
+
+def _dequantize(zigzagged: np.ndarray, means: np.ndarray, step: np.float32) -> np.ndarray:
+    """float32 reconstruction of channel-major zig-zag ``symbols`` (C x N uint) and ``means`` (C int64).
 
     ``MEAN_GRID * q + m`` is an exact integer in float64 (|.| < 2**34), so the only rounding is the
     product with ``step / MEAN_GRID`` (exact: MEAN_GRID is a power of two) and the cast to float32.
+    Element-wise only, in blocks of channels, so no result depends on threads or BLAS.
     """
-    fine = symbols.astype(np.float64)
-    fine *= MEAN_GRID
-    fine += means.astype(np.float64)[:, None]
-    fine *= np.float64(step) / MEAN_GRID
-    return fine.astype(np.float32)
+    channels, tokens = zigzagged.shape
+    out = np.empty((channels, tokens), np.float32)
+    rows = max(1, BLOCK_ELEMENTS // max(tokens, 1))
+    scale = np.float64(step) / MEAN_GRID
+    for c0 in range(0, channels, rows):
+        fine = _unzigzag(zigzagged[c0:c0 + rows]).astype(np.float64)
+        fine *= MEAN_GRID
+        fine += means[c0:c0 + rows].astype(np.float64)[:, None]
+        fine *= scale
+        out[c0:c0 + rows] = fine
+    return out
 
 
 @register_codec
@@ -133,7 +144,7 @@ class NativeCodec(Codec):
 
         packed = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True).compress(body)
         payload = HEADER.pack(VERSION, width, step, x.shape[0]) + packed
-        recon = _dequantize(symbols, mean_idx, step)
+        recon = _dequantize(zz, mean_idx, step)
         out = self._to_layout(recon, features.shape, axis, features.dtype)
         return Encoded(payload, None, {"native": f"v{VERSION}"}, content_digest(out))
 
@@ -171,6 +182,6 @@ class NativeCodec(Codec):
             zz = planes.reshape(channels, tokens)
         else:
             zz = np.ascontiguousarray(planes.T).view(f"<u{width}").reshape(channels, tokens)
-        out = self._to_layout(_dequantize(_unzigzag(zz), means, step), shape, axis, np.dtype(dtype))
+        out = self._to_layout(_dequantize(zz, means, step), shape, axis, np.dtype(dtype))
         verify_digest(out, coded.digest, "codec native", coded.header)
         return out
