@@ -265,6 +265,10 @@ class SplitInferenceServicer:
         self, request_iterator: Any, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[svc.InferResponse]:
         out: asyncio.Queue[svc.InferResponse | None] = asyncio.Queue()
+        # Back-pressure: a request is read only while fewer than max_stream_unsent of this stream's requests
+        # are running or answered but unsent; an answer frees its room once gRPC has written it (the yield
+        # returns after the write), so a client that does not read its answers stops the reading.
+        room = asyncio.Semaphore(self.engine.settings.max_stream_unsent)
         tasks: set[asyncio.Task[None]] = set()
         deadline = _deadline(context)
         client = current_client.get()
@@ -289,6 +293,7 @@ class SplitInferenceServicer:
         async def reader() -> None:
             try:
                 while True:
+                    await room.acquire()
                     try:
                         # Idle = no message for upload_idle_seconds while none of its requests is running.
                         async with asyncio.timeout(None if tasks else self.idle_s) as t:
@@ -321,6 +326,7 @@ class SplitInferenceServicer:
                 if item is None:
                     break
                 yield item
+                room.release()
             await read_task
             if ended:
                 context.set_code(grpc_status(ended[0].status))

@@ -83,8 +83,11 @@ class CloudSettings(GrpcChannelSettings):
     max_buffered_upload_bytes: int = 1024 * MIB
     """Bytes of chunked uploads held at once, all streams together (received chunks until their request
     ends); a chunk past it, or a first chunk announcing more than is left: RESOURCE_EXHAUSTED."""
+    max_stream_unsent: int = 8
+    """Requests of one InferStream running or answered but not yet taken by the client; at the bound the
+    server stops reading that stream's requests until the client reads an answer (back-pressure)."""
 
-    @field_validator("max_concurrency", "torch_threads", "max_streams_per_client")
+    @field_validator("max_concurrency", "torch_threads", "max_streams_per_client", "max_stream_unsent")
     @classmethod
     def _positive(cls, v: int) -> int:
         if v < 1:
