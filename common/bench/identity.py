@@ -75,7 +75,9 @@ _CODEC_SETTINGS_NOT_IN_KEY = frozenset({"codec_timeout_s", "ffmpeg", "vtm_dir", 
 """``codec_timeout_s`` limits a run without changing its result; the program paths are
 replaced by the SHA-256 of the programs they lead to (`ffmpeg_identity`, `vtm_identity`)."""
 
-_MODEL_SETTINGS_NOT_IN_KEY = frozenset({"hf_offline", "torch_threads", "fid_inception_weights"})
+_MODEL_SETTINGS_NOT_IN_KEY = frozenset(
+    {"hf_offline", "hf_downloads", "converted_dir", "torch_threads", "fid_inception_weights"}
+)
 """Where checkpoints may be fetched from, the thread count, and the FID weights used
 when reports score outputs (not stored in the cache)."""
 
