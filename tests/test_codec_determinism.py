@@ -94,8 +94,16 @@ def test_ffmpeg_runs_single_threaded_without_a_shell(codec_name: str, monkeypatc
         return bytes(32 * 32 * (3 if codec.pix_fmt == "yuv420p10le" else 2))  # one 32x32 10-bit picture
 
     monkeypatch.setattr(_ffmpeg, "run_program", record)
-    codec.decode_padded(b"payload", 32, 32)
-    codec.encode_frame(np.zeros((32, 32), np.uint16), QP)
+    from splitfc.common.settings import codec_settings
+
+    monkeypatch.setenv("SPLITFC_FFMPEG_BACKEND", "subprocess")  # the ffmpeg process path (PyAV: test_pyav_codecs)
+    codec_settings.cache_clear()
+    try:
+        codec.decode_padded(b"payload", 32, 32)
+        codec.encode_frame(np.zeros((32, 32), np.uint16), QP)
+    finally:
+        monkeypatch.delenv("SPLITFC_FFMPEG_BACKEND")
+        codec_settings.cache_clear()
     decode, encode = calls
     before_input = decode[: decode.index("-i")]
     assert any(before_input[i : i + 2] == ["-threads", "1"] for i in range(len(before_input))), decode

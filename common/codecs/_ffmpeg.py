@@ -7,7 +7,10 @@ cropped back after decoding. ffmpeg reads and writes pipes: no temporary files.
 Decoding runs single-threaded (`DECODE_ARGS`): ffmpeg 9.0.2's native VVC decoder is
 not deterministic with its default threading (see ``vvenc``: 20 decodes of one tiny
 Seg payload gave up to 6 different pictures); with one thread it matches VTM's
-decoder bit for bit. HEVC decodes the same way, for the same guarantee. The
+decoder bit for bit. HEVC decodes the same way, for the same guarantee. Both decoders run in-process through PyAV
+(``_pyav``, the same FFmpeg decoders, one thread, no process start) unless
+``SPLITFC_FFMPEG_BACKEND=subprocess``; the decoded pictures are the same bit for bit
+(tests/test_codec_determinism.py). The
 encoders are single-threaded too (each subclass's options), so a payload and its
 reconstruction depend on the input alone.
 """
@@ -21,9 +24,11 @@ from typing import ClassVar
 import numpy as np
 
 from splitfc.common.codecs._external import check_decoded_size, ffmpeg_has, ffmpeg_path, run_program
+from splitfc.common.codecs._pyav import pyav_decode_luma, pyav_has
 from splitfc.common.codecs.base import CodedFrame, FrameCodec
 from splitfc.common.errors import SplitfcError
 from splitfc.common.preprocess import pad_frame, padded_size
+from splitfc.common.settings import codec_settings
 from splitfc.common.specs import SplitSpec, TruncationColumn
 
 PAD_MULTIPLE = 8
@@ -89,6 +94,8 @@ class FfmpegIntraCodec(FrameCodec):
 
     def decode_padded(self, payload: bytes, height: int, width: int) -> np.ndarray:
         """Decode the full padded picture (``height`` x ``width``) with ffmpeg."""
+        if codec_settings().ffmpeg_backend == "pyav" and pyav_has(self.decoder):
+            return pyav_decode_luma(payload, self.decoder, self.pix_fmt, height, width, f"{self.name} decode")
         args = [
             ffmpeg_path(), *_FFMPEG, *DECODE_ARGS, "-f", self.decoder, "-i", "pipe:0", "-frames:v", "1",
             "-f", "rawvideo", "-pix_fmt", self.pix_fmt, "pipe:1",
