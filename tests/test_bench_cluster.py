@@ -137,3 +137,18 @@ def test_worker_with_another_environment_is_refused(tmp_path: Path, cluster: Clu
 def test_dask_executor_needs_a_scheduler(tmp_path: Path) -> None:
     with pytest.raises(SplitfcError, match="--scheduler"):
         run_bench(_config(tmp_path / "out", executor="dask"))
+
+
+@pytest.mark.parametrize("error", [KeyError("split"), MemoryError("no room"), SplitfcError("bad point")])
+def test_a_failing_point_is_reported_with_the_workers_host(monkeypatch: pytest.MonkeyPatch, error: Exception) -> None:
+    import socket
+
+    from splitfc.common.bench import executors, runner
+
+    def failing_point(job: Any) -> dict[str, Any]:
+        raise error
+
+    monkeypatch.setattr(runner, "compute_point", failing_point)
+    host, record, message = executors.run_point_on_worker(object())
+    assert (host, record) == (socket.gethostname(), None)
+    assert message == f"{type(error).__name__}: {error}"
