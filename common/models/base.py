@@ -86,6 +86,20 @@ class SplitModel(ABC):
     def tail(self, features: np.ndarray) -> TaskOutput:
         """Cloud part: feature tensor -> task output (rest of the model + task head)."""
 
+    tail_batch_mixed_shapes: ClassVar[bool] = False
+    """Whether `tail_batch` takes feature tensors of different shapes in one call (the cloud's batcher
+    groups requests by exact shape otherwise)."""
+
+    def tail_batch(self, features: list[np.ndarray]) -> list[TaskOutput]:
+        """``tail`` of several requests at once (the cloud's dynamic batching, `splitfc.cloud.batching`).
+
+        ``features``: feature tensors in the split's layout, all of one shape unless
+        ``tail_batch_mixed_shapes``. Returns one `TaskOutput` per tensor, in order, equal bit for bit to
+        ``tail`` of each alone. Raises as ``tail`` does. This default runs ``tail`` in a loop; families
+        override it where one call for the batch is cheaper.
+        """
+        return [self.tail(f) for f in features]
+
     @abstractmethod
     def forward_unsplit(self, inputs: Any) -> TaskOutput:
         """The same model run in one piece, the reference for ``tail(head(x))``."""
