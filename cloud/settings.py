@@ -37,7 +37,8 @@ class CloudSettings(GrpcChannelSettings):
     http_port: int = 8000
     """HTTP port of /healthz, /readyz, /v1/info, /metrics (0: pick a free one)."""
     preset: str = "tiny"
-    """Model preset: tiny (random-weight, seeded) or paper (real checkpoints)."""
+    """Model preset: tiny (random-weight, seeded), small (pretrained small models offline, ``splitfc[small]``)
+    or paper (real checkpoints)."""
     splits: str = "all"
     """Splits to serve: "all" or comma-separated ids."""
     max_bitstream_bytes: int = 256 * MIB
@@ -50,6 +51,9 @@ class CloudSettings(GrpcChannelSettings):
     """Requests allowed to wait for a worker; beyond it: RESOURCE_EXHAUSTED."""
     torch_threads: int = 1
     """torch intra-op threads per worker."""
+    processes: int = 1
+    """Engine processes behind the one gRPC port (SO_REUSEPORT, docs/serving.md#several-engine-processes);
+    start-up refuses processes x max_concurrency x torch_threads over the usable cores."""
     min_ping_interval_ms: int = 10_000
     """Smallest client ping interval the server permits (client keepalive_time_ms must be >= this)."""
     drain_seconds: float = 30.0
@@ -86,26 +90,54 @@ class CloudSettings(GrpcChannelSettings):
     max_stream_unsent: int = 8
     """Requests of one InferStream running or answered but not yet taken by the client; at the bound the
     server stops reading that stream's requests until the client reads an answer (back-pressure)."""
+    max_buffered_upload_bytes_per_client: int | None = None
+    """Share of ``max_buffered_upload_bytes`` one client (token, else IP address) may hold at once across its
+    chunked uploads; past it: RESOURCE_EXHAUSTED (limit ``upload_bytes_per_client``). Default: a quarter of
+    ``max_buffered_upload_bytes``, at least ``max_bitstream_bytes``."""
+    min_upload_bytes_per_second: int = 32 * 1024
+    """Slowest chunked upload accepted: after ``upload_rate_grace_seconds``, an upload must have delivered at
+    least this many bytes per second since it began, else DEADLINE_EXCEEDED (limit ``upload_rate``). 0: off."""
+    upload_rate_grace_seconds: float = 10.0
+    """Start of a chunked upload not held to ``min_upload_bytes_per_second`` (connection set-up, slow start)."""
+    max_upload_seconds: float = 600.0
+    """Longest a chunked upload may take from its first message to its last, whatever its rate; past it:
+    DEADLINE_EXCEEDED (limit ``upload_time``). Must be > 0."""
+    stream_write_timeout_seconds: float = 30.0
+    """An InferStream answer the client has not taken (flow control keeps it unwritten) for this long ends
+    the stream with DEADLINE_EXCEEDED (limit ``stream_write``); frees its per-client slot. Must be > 0."""
+    check_answer_sizes: bool = True
+    """At start-up, run each served split's tail once on zero features and refuse to serve when its answer
+    does not fit ``max_message_bytes`` (a slow preset's tail may make this take a while: then turn it off;
+    answers over the limit are still refused per request, RESOURCE_EXHAUSTED, limit ``answer_bytes``)."""
 
-    @field_validator("max_concurrency", "torch_threads", "max_streams_per_client", "max_stream_unsent")
+    @field_validator("max_concurrency", "torch_threads", "max_streams_per_client", "max_stream_unsent", "processes")
     @classmethod
     def _positive(cls, v: int) -> int:
         if v < 1:
             raise ValueError("must be >= 1")
         return v
 
-    @field_validator("max_queue", "max_decode_seconds")
+    @field_validator("max_queue", "max_decode_seconds", "min_upload_bytes_per_second", "upload_rate_grace_seconds")
     @classmethod
     def _non_negative(cls, v: float) -> float:
         if v < 0:
             raise ValueError("must be >= 0")
         return v
 
-    @field_validator("upload_idle_seconds")
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, v: str) -> str:
+        from splitfc.common.models.base import PRESETS
+
+        if v not in PRESETS:
+            raise ValueError(f"unknown preset {v!r}; valid presets: {', '.join(PRESETS)}")
+        return v
+
+    @field_validator("upload_idle_seconds", "max_upload_seconds", "stream_write_timeout_seconds")
     @classmethod
     def _positive_seconds(cls, v: float) -> float:
         if not v > 0:
-            raise ValueError("must be > 0 (an upload that never times out holds its memory and slot forever)")
+            raise ValueError("must be > 0 (a call that never times out holds its memory and slot forever)")
         return v
 
     @model_validator(mode="after")
@@ -118,7 +150,19 @@ class CloudSettings(GrpcChannelSettings):
                 f"max_buffered_upload_bytes={self.max_buffered_upload_bytes} is below max_bitstream_bytes="
                 f"{self.max_bitstream_bytes}: a bitstream of the largest accepted size could never be uploaded"
             )
+        per_client = self.max_buffered_upload_bytes_per_client
+        if per_client is not None and per_client < self.max_bitstream_bytes:
+            raise ValueError(
+                f"max_buffered_upload_bytes_per_client={per_client} is below max_bitstream_bytes="
+                f"{self.max_bitstream_bytes}: a bitstream of the largest accepted size could never be uploaded"
+            )
         return self
+
+    def upload_bytes_per_client(self) -> int:
+        """The per-client share of the buffered-upload budget in force (see the field)."""
+        if self.max_buffered_upload_bytes_per_client is not None:
+            return min(self.max_buffered_upload_bytes_per_client, self.max_buffered_upload_bytes)
+        return max(self.max_bitstream_bytes, self.max_buffered_upload_bytes // 4)
 
     def split_ids(self) -> list[str]:
         """The split ids to serve, validated."""

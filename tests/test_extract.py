@@ -68,7 +68,7 @@ def test_extract_from_a_local_data_set(tmp_path: Path) -> None:
     ("args", "message"),
     [
         (["--split", "vgg-cls", "--samples", "1"], "unknown split 'vgg-cls'; valid splits: dinov2-cls"),
-        (["--split", "dinov2-cls", "--preset", "big", "--samples", "1"], "valid presets: tiny, paper"),
+        (["--split", "dinov2-cls", "--preset", "big", "--samples", "1"], "valid presets: tiny, small, paper"),
         (["--split", "dinov2-cls", "--samples", "0"], "--samples must be at least 1"),
         (["--split", "dinov2-seg", "--samples", "1", "--data", "/no/such/voc"], "VOC2012 folder not found: /no/such"),
     ],

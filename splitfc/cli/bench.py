@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from splitfc.common.errors import SplitfcError
+from splitfc.common.models.base import PRESET_HELP
 
 ORDER = 40
 
@@ -36,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="QPs of the QP codecs (vtm, vvenc, hevc); default the paper's 22,27,32,37,42")
     p.add_argument("--qualities", type=_ints, default=None,
                    help="quality indices of the learned codecs (hyperprior); default 1,2,3,4,5")
-    p.add_argument("--preset", default="tiny", help="model preset: tiny (random weights) or paper")
+    p.add_argument("--preset", default="tiny", help=f"{PRESET_HELP} (default tiny)")
     p.add_argument("--features", type=Path, default=None,
                    help="read features from DIR (splitfc extract layout <DIR>/<split>/*.npy, or the paper's "
                    "<DIR>/<model>/<task>/feature_test/*.npy) instead of extracting them")

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from splitfc.common.errors import SplitfcError
+from splitfc.common.models.base import PRESET_HELP
 
 ORDER = 5
 MANIFEST = "manifest.json"
@@ -26,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     from splitfc.common.specs import SPLITS
 
     p.add_argument("--split", required=True, help=f"split id: {', '.join(SPLITS)}")
-    p.add_argument("--preset", default="tiny", help="model preset: tiny (offline, random weights) or paper")
+    p.add_argument("--preset", default="tiny", help=f"{PRESET_HELP} (default tiny)")
     p.add_argument("--samples", type=int, required=True, metavar="N", help="number of samples")
     p.add_argument("--data", type=Path, help="local data set (ImageNet val folder, VOC2012, NYU, ARC file, "
                    "COCO captions json); default: the built-in offline samples")

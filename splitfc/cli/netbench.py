@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from splitfc.common.models.base import PRESET_HELP
+
 ORDER = 80
 
 
@@ -23,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "float32/float16 and the available vvenc/hevc/hyperprior at two rate points)")
     p.add_argument("--split", default="dinov2-dpt",
                    help="split id (default dinov2-dpt, the largest tiny-preset features: 2x4x81x128)")
-    p.add_argument("--preset", default="tiny", help="model preset of both sides (default tiny)")
+    p.add_argument("--preset", default="tiny", help=f"{PRESET_HELP}; both sides (default tiny)")
     p.add_argument("--samples", type=int, default=8, help="requests per point and rate (default 8)")
     p.add_argument("--unshaped", action="store_true", help="also run every point on the unshaped link")
     p.add_argument("--delay-ms", type=float, help="added round-trip delay (needs the kernel's netem qdisc)")
@@ -36,8 +38,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_netbench(args: argparse.Namespace) -> int:
+    from splitfc.common.models import check_preset
     from splitfc.netbench import NetbenchOptions, run_netbench
 
+    check_preset(args.preset)
     return run_netbench(NetbenchOptions(
         rates_mbit=args.rate_mbit or [10.0], points=args.point, split=args.split, preset=args.preset,
         samples=args.samples, unshaped=args.unshaped, delay_ms=args.delay_ms, loss_pct=args.loss_pct,

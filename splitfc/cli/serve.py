@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from splitfc.common.models.base import PRESET_HELP, PRESETS
+
 ORDER = 30
 
 
@@ -30,10 +32,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", help="address to bind (default 127.0.0.1)")
     p.add_argument("--grpc-port", type=int, help="gRPC port (default 50051; 0 picks a free one)")
     p.add_argument("--http-port", type=int, help="HTTP port (default 8000; 0 picks a free one)")
-    p.add_argument("--preset", choices=["tiny", "paper"], help="model preset (default tiny)")
+    p.add_argument("--preset", choices=PRESETS, help=f"{PRESET_HELP} (default tiny)")
     p.add_argument("--splits", help="all, or comma-separated split ids (default all)")
     p.add_argument("--max-concurrency", type=_positive_int, help="requests decoded/run at once (default 2)")
     p.add_argument("--max-queue", type=int, help="requests allowed to wait (default 64)")
+    p.add_argument(
+        "--processes", type=_positive_int,
+        help="engine processes behind the one gRPC port (SO_REUSEPORT; default 1); "
+        "processes x max-concurrency x torch threads must fit the cores (docs/serving.md)",
+    )
     p.add_argument("--log-file", help="request JSON lines go here (default stderr)")
     sec = p.add_argument_group("security (docs/hardening.md)")
     sec.add_argument("--tls-cert", type=Path, metavar="PEM", help="server certificate: TLS on gRPC and HTTP")
@@ -58,7 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--raw-dtype", choices=["float32", "float16", "bfloat16"], help="raw codec: stored dtype")
     p.add_argument("--qp", type=int, default=None, help="rate: QP (vvenc/hevc/vtm) or quality index; raw: omit")
     p.add_argument("--samples", type=_positive_int, default=8, help="number of samples (default 8)")
-    p.add_argument("--preset", choices=["tiny", "paper"], default="tiny", help="model preset (default tiny)")
+    p.add_argument("--preset", choices=PRESETS, default="tiny", help=f"{PRESET_HELP} (default tiny)")
     p.add_argument(
         "--data", type=Path, metavar="PATH",
         help="the split's data set under PATH (ImageNet/VOC/NYU/ARC/COCO layouts, see splitfc.common.data) "
@@ -79,7 +86,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_cloud_serve(args: argparse.Namespace) -> int:
-    from splitfc.cloud.server import CloudServer
     from splitfc.cloud.settings import CloudSettings
 
     overrides: dict[str, Any] = {
@@ -89,6 +95,7 @@ def cmd_cloud_serve(args: argparse.Namespace) -> int:
             "splits": args.splits, "max_concurrency": args.max_concurrency, "max_queue": args.max_queue,
             "log_file": args.log_file, "tls_cert": args.tls_cert, "tls_key": args.tls_key,
             "tls_client_ca": args.tls_client_ca, "auth_tokens_file": args.auth_tokens_file,
+            "processes": args.processes,
         }.items()
         if value is not None
     }
@@ -96,14 +103,26 @@ def cmd_cloud_serve(args: argparse.Namespace) -> int:
         overrides.update(allow_plaintext=True, allow_unauthenticated=True)
     settings = CloudSettings(**overrides)
     settings.split_ids()  # validate before binding anything
-    server = CloudServer(settings)
 
     def started(ep: Any) -> None:
+        procs = f"  {settings.processes} engine processes" if settings.processes > 1 else ""
         print(
             f"splitfc cloud: gRPC {ep.grpc_target}  HTTP {ep.http_url}  preset {settings.preset}  "
-            f"splits {','.join(settings.split_ids())}  (loading models; /readyz says when ready)",
+            f"splits {','.join(settings.split_ids())}{procs}  (loading models; /readyz says when ready)",
             file=sys.stderr, flush=True,
         )
+
+    if settings.processes > 1:
+        # Imports nothing of prometheus_client or gRPC before the metrics directory is set.
+        from splitfc.cloud.processes import serve_processes
+
+        serve_processes(settings, on_start=started)
+        print("splitfc cloud: stopped", file=sys.stderr)
+        return 0
+
+    from splitfc.cloud.server import CloudServer
+
+    server = CloudServer(settings)
 
     async def main() -> None:
         await server.serve(on_start=started)

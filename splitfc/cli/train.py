@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from splitfc.common.errors import SplitfcError
+from splitfc.common.models.base import PRESET_HELP
 
 ORDER = 40
 
@@ -48,7 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--checkpoints", type=Path, help="checkpoint folder (default: SPLITFC_HYPERPRIOR_DIR/shipped)")
         p.add_argument("--limit", type=int, help="code at most this many feature files")
         p.add_argument("--no-task", action="store_true", help="skip the task metric")
-        p.add_argument("--preset", default="tiny", help="model preset that scores the task (default tiny)")
+        p.add_argument("--preset", default="tiny",
+                       help=f"{PRESET_HELP}; scores the task (default tiny)")
         p.add_argument("--json", type=Path, help="also write the rows as JSON here")
         p.set_defaults(func=cmd_eval)
 
@@ -101,7 +103,9 @@ def cmd_train_codec(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from splitfc.common.learned.evaluate import evaluate_checkpoints, format_table
+    from splitfc.common.models import check_preset
 
+    check_preset(args.preset)
     try:
         qualities = [int(q) for q in args.qualities.split(",") if q.strip()]
     except ValueError:

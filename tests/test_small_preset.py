@@ -1,0 +1,141 @@
+"""The ``small`` preset's plumbing (issue 14): known everywhere a preset is named, refused with one line
+by a family that cannot build it yet, a stated stand-in where one is declared."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+import splitfc.common.models as models_pkg
+from splitfc.cli import main
+from splitfc.common.errors import UnknownNameError
+from splitfc.common.models import (
+    PRESETS,
+    PresetUnavailableError,
+    SplitModel,
+    StandIn,
+    TaskOutput,
+    build_split_model,
+    check_preset,
+    register_family,
+)
+from splitfc.common.specs import SPLITS, Packing, SplitSpec, TruncationColumn, register_split
+
+CHANNELS = 4
+
+
+class ToyModel(SplitModel):
+    def __init__(self, spec: SplitSpec, preset: str) -> None:
+        self.spec, self.preset, self.model_name = spec, preset, f"toy {preset} model"
+
+    def head(self, inputs: Any) -> np.ndarray:
+        return np.asarray(inputs, dtype=np.float32)
+
+    def tail(self, features: np.ndarray) -> TaskOutput:
+        return TaskOutput(task="toy", label=int(np.argmax(features.mean(axis=0))))
+
+    def forward_unsplit(self, inputs: Any) -> TaskOutput:
+        return self.tail(self.head(inputs))
+
+    def expected_shape(self) -> tuple[int | None, ...]:
+        return (None, CHANNELS)
+
+
+TOY_SPLIT = SplitSpec(
+    id="toy-small", family="toysmall", task="toy", split_point="the input itself",
+    layout=("tokens", "channels"), paper_shape=(None, CHANNELS), packing=Packing.AS_IS,
+    truncation={TruncationColumn.VTM: ((-4.0, 4.0),), TruncationColumn.HYPERPRIOR: ((-4.0, 4.0),)},
+    original_range=((-4.0, 4.0),), group_axis=None, head="mean over tokens",
+)
+
+
+@pytest.fixture
+def toy_family() -> Iterator[list[str]]:
+    built: list[str] = []
+
+    def build(split_id: str, preset: str, **kw: Any) -> ToyModel:
+        built.append(preset)
+        return ToyModel(SPLITS[split_id], preset)
+
+    register_split(TOY_SPLIT)
+    register_family("toysmall", build)  # default presets: tiny, paper
+    try:
+        yield built
+    finally:
+        SPLITS.pop(TOY_SPLIT.id, None)
+        models_pkg.FAMILIES.pop("toysmall", None)
+        models_pkg.FAMILY_PRESETS.pop("toysmall", None)
+        models_pkg.STAND_INS.pop(("toysmall", "small"), None)
+
+
+def test_small_is_a_preset() -> None:
+    assert PRESETS == ("tiny", "small", "paper")
+    assert check_preset("small") == "small"
+    with pytest.raises(UnknownNameError, match="valid presets: tiny, small, paper"):
+        check_preset("medium")
+
+
+def test_a_family_without_small_fails_with_one_line_and_builds_nothing(toy_family: list[str]) -> None:
+    with pytest.raises(PresetUnavailableError, match="toysmall model family has no small preset yet") as info:
+        build_split_model("toy-small", "small")
+    assert "\n" not in str(info.value)
+    assert toy_family == []  # the family's build was never called: nothing else was loaded in its place
+    assert build_split_model("toy-small", "tiny").preset == "tiny"
+
+
+def test_a_family_declaring_small_builds_it(toy_family: list[str]) -> None:
+    models_pkg.FAMILY_PRESETS["toysmall"] = ("tiny", "small", "paper")
+    model = build_split_model("toy-small", "small")
+    assert toy_family == ["small"] and model.preset == "small"
+
+
+def test_a_stand_in_says_what_it_is(toy_family: list[str]) -> None:
+    models_pkg.STAND_INS[("toysmall", "small")] = StandIn("tiny", "no such weights offline")
+    model = build_split_model("toy-small", "small")
+    assert toy_family == ["tiny"]
+    assert model.preset == "small"
+    assert model.model_name == "toy tiny model [small preset: no such weights offline]"
+
+
+def test_register_family_refuses_an_unknown_preset() -> None:
+    with pytest.raises(UnknownNameError, match="valid presets"):
+        register_family("toybad", lambda split_id, preset, **kw: None, presets=("tiny", "huge"))
+    assert "toybad" not in models_pkg.FAMILIES
+
+
+def test_sd3_small_is_the_tiny_pipeline_until_sd3_declares_small() -> None:
+    if "small" in models_pkg.family_presets("sd3"):
+        pytest.skip("sd3 builds its own small preset now")
+    stand_in = models_pkg.STAND_INS[("sd3", "small")]
+    assert stand_in.preset == "tiny" and "VAE" in stand_in.reason
+
+
+def test_extract_small_of_a_family_without_it_is_one_line(
+    tmp_path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    models_pkg.family_presets("llama3")
+    monkeypatch.setitem(models_pkg.FAMILY_PRESETS, "llama3", ("tiny", "paper"))
+    code = main(["extract", "--split", "llama3-csr", "--preset", "small", "--samples", "1", "-o", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("splitfc: error: split llama3-csr: the llama3 model family has no small")
+
+
+def test_cloud_settings_know_small() -> None:
+    from pydantic import ValidationError
+
+    from splitfc.cloud.settings import CloudSettings
+
+    assert CloudSettings(preset="small").preset == "small"
+    with pytest.raises(ValidationError, match="valid presets: tiny, small, paper"):
+        CloudSettings(preset="medium")
+
+
+def test_bench_refuses_an_unknown_preset(tmp_path) -> None:
+    from splitfc.common.bench.runner import BenchConfig, run_bench
+
+    with pytest.raises(UnknownNameError, match="valid presets: tiny, small, paper"):
+        run_bench(BenchConfig(output=tmp_path, splits=["dinov2-cls"], codecs=["raw"], preset="medium"))
