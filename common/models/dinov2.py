@@ -262,24 +262,27 @@ class Dinov2Split(SplitModel):
         return outs
 
     def _dpt_batch(self, t: Any) -> list[TaskOutput]:
-        """(B, views, layers, tokens, channels) -> B Dpt outputs (see `tail_batch`)."""
+        """(B, views, layers, tokens, channels) -> B Dpt outputs (see `tail_batch`).
+
+        Only the patch maps at grid resolution and the final resizing run stacked: from the x4
+        upsampling on, a request's tensors (10 MB of 1024-channel maps on tiny) are processed one
+        request at a time, since a stacked batch of them outgrows the caches and ran 1.5x slower per
+        request than a loop over ``tail`` (8 requests, this machine)."""
         torch = _torch()
         F = torch.nn.functional
         n, views, layers = t.shape[0], t.shape[1], t.shape[2]
         hidden = t.flatten(0, 1)
         head = self.task_head
-        maps = []
+        grids = []
         for layer in range(layers):
             x = hidden[:, layer]
             patch = x[:, 1:].transpose(1, 2).reshape(n * views, self.channels, *self.grid)
-            cls = x[:, 0, :, None, None].expand_as(patch)
-            maps.append(F.interpolate(torch.cat([patch, cls], dim=1), scale_factor=4, mode="bilinear",
-                                      align_corners=False))
-        normed = head.bn(torch.cat(maps, dim=1))
-        del maps
+            grids.append(torch.cat([patch, x[:, 0, :, None, None].expand_as(patch)], dim=1))
         depths = []
         for i in range(n):
-            logit = torch.relu(head.conv_depth(normed[i * views : (i + 1) * views])) + 0.1
+            one = slice(i * views, (i + 1) * views)
+            maps = [F.interpolate(g[one], scale_factor=4, mode="bilinear", align_corners=False) for g in grids]
+            logit = torch.relu(head.conv_depth(head.bn(torch.cat(maps, dim=1)))) + 0.1
             logit = logit / logit.sum(dim=1, keepdim=True)
             depths.append(torch.einsum("ikmn,k->imn", logit, head.bins.to(logit.dtype)).unsqueeze(1).float())
         depth = F.interpolate(torch.cat(depths), size=self.input_size, mode="bilinear", align_corners=False)
