@@ -127,24 +127,46 @@ class FairSlots:
 
 
 class ByteBudget:
-    """Bytes held at once across requests (the chunked-upload budget); event loop only."""
+    """Bytes held at once across requests (the chunked-upload budget), in total and per client; event loop only.
 
-    def __init__(self, limit: int, on_change: Callable[[int], None]) -> None:
+    ``limit`` bounds all clients together, ``per_client`` (default: ``limit``) each client's share, so one
+    client cannot take the whole budget."""
+
+    def __init__(self, limit: int, on_change: Callable[[int], None], per_client: int | None = None) -> None:
         self.limit = limit
+        self.per_client = limit if per_client is None else min(per_client, limit)
         self.used = 0
+        self.by_client: dict[str, int] = {}
         self._on_change = on_change
 
-    def left(self) -> int:
-        return self.limit - self.used
+    def left(self, client: str = "") -> int:
+        """Bytes ``client`` may still take (its share and the total)."""
+        return min(self.limit - self.used, self.per_client - self.by_client.get(client, 0))
 
-    def take(self, n: int) -> bool:
-        """Reserve ``n`` bytes; False (nothing taken) when that would pass the limit."""
+    def refusal(self, n: int, client: str = "") -> str | None:
+        """Which bound ``n`` more bytes of ``client`` would pass: ``"total"``, ``"client"``, or None."""
         if self.used + n > self.limit:
+            return "total"
+        if self.by_client.get(client, 0) + n > self.per_client:
+            return "client"
+        return None
+
+    def take(self, n: int, client: str = "") -> bool:
+        """Reserve ``n`` bytes for ``client``; False (nothing taken) when that would pass a bound."""
+        if self.refusal(n, client) is not None:
             return False
         self.used += n
+        self.by_client[client] = self.by_client.get(client, 0) + n
         self._on_change(self.used)
         return True
 
-    def give(self, n: int) -> None:
+    def give(self, n: int, client: str = "") -> None:
+        if n == 0:
+            return
         self.used -= n
+        held = self.by_client.get(client, 0) - n
+        if held > 0:
+            self.by_client[client] = held
+        else:
+            self.by_client.pop(client, None)
         self._on_change(self.used)

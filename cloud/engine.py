@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from math import prod
 from typing import Any
 
+from splitfc.cloud import request as req
 from splitfc.cloud.admission import ByteBudget, FairSlots
 from splitfc.cloud.errors import RequestFailed, Status
 from splitfc.cloud.metrics import CloudMetrics, codec_label, split_label
@@ -92,7 +93,9 @@ class InferenceEngine:
         self._executor = ThreadPoolExecutor(max_workers=settings.max_concurrency, thread_name_prefix="splitfc-worker")
         self._slots: FairSlots | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.upload_budget = ByteBudget(settings.max_buffered_upload_bytes, metrics.buffered_upload_bytes.set)
+        self.upload_budget = ByteBudget(
+            settings.max_buffered_upload_bytes, metrics.buffered_upload_bytes.set, settings.upload_bytes_per_client(),
+        )
         """Bytes of chunked uploads held now (``max_buffered_upload_bytes``); the entrypoints charge it."""
 
     # -- start-up ---------------------------------------------------------------------------
@@ -105,6 +108,8 @@ class InferenceEngine:
             t0 = time.perf_counter()
             self.models[split_id] = self.model_loader(split_id, self.settings.preset)
             self.metrics.model_load_seconds.labels(split_id).set(time.perf_counter() - t0)
+        if self.settings.check_answer_sizes:  # refuse a message limit that cannot hold a served split's answer
+            req.check_answers_fit(self.models, self.settings.max_message_bytes)
         self.ready = True
         self.metrics.ready.set(1)
 
@@ -375,7 +380,11 @@ class InferenceEngine:
                 raise RequestFailed(Status.INVALID_ARGUMENT, problem)
             if payload.data is None:
                 raise RequestFailed(Status.INVALID_ARGUMENT, "request carries no bitstream")
-            return await self._admit_and_work(payload, rec, t_start, stop), None
+            outcome = await self._admit_and_work(payload, rec, t_start, stop)
+            too_large = req.answer_problem(outcome.result, self.settings.max_message_bytes)
+            if too_large is not None:  # else gRPC would fail the send of a request counted OK
+                raise too_large
+            return outcome, None
         except RequestFailed as exc:
             rec.status, rec.message = exc.status.name, exc.message
             if exc.limit is not None:

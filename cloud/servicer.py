@@ -24,9 +24,11 @@ so it is counted in the metrics instead of vanishing inside gRPC core.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
+from contextvars import ContextVar
 from typing import Any
 
 import grpc
@@ -43,6 +45,41 @@ CANCEL_GRACE_S = 0.2
 """After a chunk stream ends short, how long to wait for gRPC to report a cancellation: a cancelled
 upload reads as an early end of stream first, its cancellation arrives a moment later (0.03-3 ms in 20
 tries on this machine). Only malformed (short) uploads wait for it."""
+
+
+GRPC_AIO_LOGGER = "grpc._cython.cygrpc"
+RECEIVE_FAILED_LOG = "Failed to receive any message from Core"
+_receive_failed: ContextVar[bool] = ContextVar("splitfc_receive_failed", default=False)
+OVER_LIMIT = object()
+"""What `SplitInferenceServicer._read` returns for a message gRPC core refused (over ``max_message_bytes``)."""
+
+
+class ReceiveFailures(logging.Filter):
+    """Tells a message over the gRPC limit apart from an end of stream.
+
+    grpcio's aio server (1.85) hands a handler the same ``EOF`` for both: a clean end of stream (the client
+    half-closed, cancelled, went away or ran out of time) and a receive that failed in gRPC core, which on
+    a live call means a message over ``max_receive_message_length`` (core answers the client
+    RESOURCE_EXHAUSTED itself, then cancels the handler). Only the failed receive is logged, at DEBUG, from
+    the reading task: this filter on grpcio's logger notes it in a context variable of that task and lets
+    through only the records the logger passed before it was installed. Installed by `add_servicer`.
+    """
+
+    def __init__(self, floor: int) -> None:
+        super().__init__()
+        self.floor = floor
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and record.msg.startswith(RECEIVE_FAILED_LOG):
+            _receive_failed.set(True)
+        return record.levelno >= self.floor
+
+    @classmethod
+    def install(cls) -> None:
+        logger = logging.getLogger(GRPC_AIO_LOGGER)
+        if not any(isinstance(f, cls) for f in logger.filters):
+            logger.addFilter(cls(logger.getEffectiveLevel()))
+            logger.setLevel(logging.DEBUG)
 
 
 def grpc_status(status: Status) -> grpc.StatusCode:
@@ -123,13 +160,23 @@ class SplitInferenceServicer:
             f"{what}: nothing received for {self.idle_s:g} s (upload_idle_seconds)", limit="upload_idle",
         )
 
-    async def _read(self, context: grpc.aio.ServicerContext) -> Any:
-        """The next message (raw bytes) or ``grpc.aio.EOF``; raises TimeoutError past ``upload_idle_seconds``.
+    async def _read(self, context: grpc.aio.ServicerContext, timeout: float | None = None) -> Any:
+        """The next message (raw bytes), ``grpc.aio.EOF``, or `OVER_LIMIT` (a message over the gRPC limit);
+        raises TimeoutError past ``timeout`` (default ``upload_idle_seconds``).
 
         The read runs in the handler's own task (``asyncio.timeout``, not ``wait_for``): read from another
         task, a client's cancellation is never delivered to the handler (measured with grpcio 1.85)."""
-        async with asyncio.timeout(self.idle_s):
-            return await context.read()
+        _receive_failed.set(False)
+        async with asyncio.timeout(self.idle_s if timeout is None else timeout):
+            raw = await context.read()
+        return OVER_LIMIT if raw is grpc.aio.EOF and _receive_failed.get() else raw
+
+    def _over_limit(self, what: str) -> RequestFailed:
+        return RequestFailed(
+            Status.RESOURCE_EXHAUSTED,
+            f"{what} over the gRPC message limit of {self.engine.settings.max_message_bytes} bytes "
+            f"(max_message_bytes; refused by gRPC before it was read)", "oversized", limit="message_bytes",
+        )
 
     async def _answer(
         self, method: str, request_id: str, payload: Payload, context: grpc.aio.ServicerContext,
@@ -160,13 +207,17 @@ class SplitInferenceServicer:
         except asyncio.CancelledError:
             await self._count_gone("Infer", "", context, t_start, " before the request arrived")
             raise
+        if raw is OVER_LIMIT:
+            return await self._answer("Infer", "", Payload(None), context, t_start, self._over_limit("request message"))
         if raw is grpc.aio.EOF:
-            # gRPC core dropped the message (over max_message_bytes) or the client sent none.
-            failure = RequestFailed(
-                Status.RESOURCE_EXHAUSTED,
-                f"request message missing or over the limit of {self.engine.settings.max_message_bytes} bytes",
-                "oversized", limit="message_bytes",
-            )
+            # No message: the client cancelled (its cancellation reaches this task a moment later) or
+            # half-closed without sending one.
+            try:
+                await asyncio.sleep(CANCEL_GRACE_S)
+            except asyncio.CancelledError:
+                await self._count_gone("Infer", "", context, t_start, " before the request arrived")
+                raise
+            failure = RequestFailed(Status.INVALID_ARGUMENT, "call ended without a request message", "envelope")
             return await self._answer("Infer", "", Payload(None), context, t_start, failure)
         request_id, payload, failure = parse_request(raw)
         del raw
@@ -176,6 +227,8 @@ class SplitInferenceServicer:
         t_start = time.perf_counter()
         settings, budget = self.engine.settings, self.engine.upload_budget
         limit = settings.max_bitstream_bytes
+        client = current_client.get()
+        began = time.monotonic()
         request_id = ""
         chunks: list[bytes] = []
         got = total = taken = 0
@@ -184,12 +237,16 @@ class SplitInferenceServicer:
         try:
             try:
                 while True:
+                    wait, why = self._upload_wait(began, got)
                     try:
-                        raw = await self._read(context)
+                        raw = await self._read(context, wait)
                     except TimeoutError:
-                        failure = self._idle(f"chunked upload after {got} of {total} bytes")
+                        failure = why(got, total)
                         break
                     if raw is grpc.aio.EOF:
+                        break
+                    if raw is OVER_LIMIT:
+                        failure = self._over_limit(f"chunk (after {got} of {total} bytes)")
                         break
                     try:
                         chunk = svc.BitstreamChunk.FromString(raw)
@@ -213,8 +270,8 @@ class SplitInferenceServicer:
                                 limit="bitstream_bytes",
                             )
                             break
-                        if total > budget.left():
-                            failure = self._over_budget(total)
+                        if total > budget.left(client):
+                            failure = self._over_budget(total, client)
                             break
                     del chunk
                     if got + len(piece) > total:
@@ -222,8 +279,8 @@ class SplitInferenceServicer:
                             Status.INVALID_ARGUMENT, f"chunks carry more than the announced {total} bytes", "chunking",
                         )
                         break
-                    if not budget.take(len(piece)):
-                        failure = self._over_budget(total)
+                    if not budget.take(len(piece), client):
+                        failure = self._over_budget(total, client, len(piece))
                         break
                     taken += len(piece)
                     got += len(piece)
@@ -234,9 +291,7 @@ class SplitInferenceServicer:
                     # moment later by cancelling this task (CancelledError below).
                     await asyncio.sleep(CANCEL_GRACE_S)
                     failure = RequestFailed(
-                        Status.INVALID_ARGUMENT,
-                        f"chunk stream ended after {got} of {total} announced bytes "
-                        f"(or a chunk was over the {settings.max_message_bytes}-byte message limit)",
+                        Status.INVALID_ARGUMENT, f"chunk stream ended after {got} of {total} announced bytes",
                         "chunking",
                     )
             except asyncio.CancelledError:
@@ -250,10 +305,40 @@ class SplitInferenceServicer:
             chunks.clear()
             return await self._answer("InferChunked", request_id, payload, context, t_start, failure)
         finally:
-            budget.give(taken)
+            budget.give(taken, client)
 
-    def _over_budget(self, total: int) -> RequestFailed:
+    def _upload_wait(self, began: float, got: int) -> tuple[float, Any]:
+        """How long a chunked upload that began at ``began`` (monotonic) with ``got`` bytes so far may wait
+        for its next chunk, and the failure (a function of got, total) of a wait that runs out: the idle
+        timeout, the total upload time, or the minimum rate (``got`` must arrive within the grace time
+        plus ``got / min_upload_bytes_per_second``), whichever ends first."""
+        s, now = self.engine.settings, time.monotonic()
+        waits: list[tuple[float, Any]] = [
+            (self.idle_s, lambda g, t: self._idle(f"chunked upload after {g} of {t} bytes")),
+            (began + s.max_upload_seconds - now, lambda g, t: RequestFailed(
+                Status.DEADLINE_EXCEEDED, f"chunked upload took over max_upload_seconds={s.max_upload_seconds:g} "
+                f"({g} of {t} bytes received)", limit="upload_time")),
+        ]
+        if s.min_upload_bytes_per_second > 0:
+            waits.append((began + s.upload_rate_grace_seconds + got / s.min_upload_bytes_per_second - now,
+                          lambda g, t: RequestFailed(
+                              Status.DEADLINE_EXCEEDED,
+                              f"chunked upload too slow: {g} of {t} bytes in {time.monotonic() - began:.1f} s, under "
+                              f"min_upload_bytes_per_second={s.min_upload_bytes_per_second} (after "
+                              f"upload_rate_grace_seconds={s.upload_rate_grace_seconds:g})", limit="upload_rate")))
+        wait, why = min(waits, key=lambda w: w[0])
+        return max(0.0, wait), why
+
+    def _over_budget(self, total: int, client: str, more: int | None = None) -> RequestFailed:
         budget = self.engine.upload_budget
+        if budget.refusal(total if more is None else more, client) == "client":
+            return RequestFailed(
+                Status.RESOURCE_EXHAUSTED,
+                f"upload of {total} bytes does not fit this client's share of the buffered-upload budget: "
+                f"{budget.by_client.get(client, 0)} of {budget.per_client} bytes "
+                f"(max_buffered_upload_bytes_per_client) are held by its uploads in progress; retry later",
+                limit="upload_bytes_per_client",
+            )
         return RequestFailed(
             Status.RESOURCE_EXHAUSTED,
             f"upload of {total} bytes does not fit the buffered-upload budget: {budget.used} of "
@@ -266,8 +351,8 @@ class SplitInferenceServicer:
     ) -> AsyncIterator[svc.InferResponse]:
         out: asyncio.Queue[svc.InferResponse | None] = asyncio.Queue()
         # Back-pressure: a request is read only while fewer than max_stream_unsent of this stream's requests
-        # are running or answered but unsent; an answer frees its room once gRPC has written it (the yield
-        # returns after the write), so a client that does not read its answers stops the reading.
+        # are running or answered but unsent; an answer frees its room once gRPC has written it
+        # (context.write returns), so a client that does not read its answers stops the reading.
         room = asyncio.Semaphore(self.engine.settings.max_stream_unsent)
         tasks: set[asyncio.Task[None]] = set()
         deadline = _deadline(context)
@@ -296,9 +381,12 @@ class SplitInferenceServicer:
                     await room.acquire()
                     try:
                         # Idle = no message for upload_idle_seconds while none of its requests is running.
+                        _receive_failed.set(False)
                         async with asyncio.timeout(None if tasks else self.idle_s) as t:
                             timer[:] = [t]
                             raw = await context.read()
+                        if raw is grpc.aio.EOF and _receive_failed.get():
+                            raw = OVER_LIMIT
                     except TimeoutError:
                         failure = self._idle("stream")
                         await self.engine.run("InferStream", "", None, time.perf_counter(), deadline, failure, client)
@@ -307,6 +395,11 @@ class SplitInferenceServicer:
                     finally:
                         timer.clear()
                     if raw is grpc.aio.EOF:
+                        break
+                    if raw is OVER_LIMIT:  # gRPC has answered the client RESOURCE_EXHAUSTED and ends the call
+                        failure = self._over_limit("stream message")
+                        await self.engine.run("InferStream", "", None, time.perf_counter(), deadline, failure, client)
+                        ended.append(failure)
                         break
                     task = asyncio.create_task(one(raw, time.perf_counter()))
                     del raw
@@ -319,15 +412,28 @@ class SplitInferenceServicer:
             finally:
                 out.put_nowait(None)
 
+        write_s = self.engine.settings.stream_write_timeout_seconds
         read_task = asyncio.create_task(reader())
         try:
-            while True:
-                item = await out.get()
-                if item is None:
+            while (item := await out.get()) is not None:
+                try:
+                    # Written here (not yielded) so that a write the client's flow control holds back can
+                    # time out: a client that reads no answers would otherwise keep its call slot until its
+                    # deadline. The status goes out behind the answers already sent.
+                    async with asyncio.timeout(write_s):
+                        await context.write(item)
+                except TimeoutError:
+                    failure = RequestFailed(
+                        Status.DEADLINE_EXCEEDED,
+                        f"stream: an answer waited {write_s:g} s for the client to read it "
+                        f"(stream_write_timeout_seconds)", limit="stream_write",
+                    )
+                    await self.engine.run("InferStream", "", None, time.perf_counter(), deadline, failure, client)
+                    ended.insert(0, failure)
                     break
-                yield item
-                room.release()
-            await read_task
+                room.release()  # gRPC has written the answer
+            else:
+                await read_task
             if ended:
                 context.set_code(grpc_status(ended[0].status))
                 context.set_details(ended[0].message)
@@ -336,13 +442,17 @@ class SplitInferenceServicer:
                 read_task.cancel()
             for task in list(tasks):
                 task.cancel()
+        return
+        yield  # an async generator (the interceptor iterates it) that yields nothing: answers go by context.write
 
     async def GetInfo(self, request: bytes, context: grpc.aio.ServicerContext) -> svc.ServerInfo:
         return self.engine.info()  # GetInfoRequest has no fields: its bytes are not even parsed
 
 
 def add_servicer(servicer: SplitInferenceServicer, server: grpc.aio.Server) -> None:
-    """Register the service (``Infer`` as stream-unary on this side, raw-bytes deserializers: see the module doc)."""
+    """Register the service (``Infer`` as stream-unary on this side, raw-bytes deserializers: see the module doc)
+    and install `ReceiveFailures` (messages over the gRPC limit counted as such)."""
+    ReceiveFailures.install()
     handlers = {
         "Infer": grpc.stream_unary_rpc_method_handler(
             servicer.Infer, request_deserializer=_raw, response_serializer=svc.InferResponse.SerializeToString,
