@@ -255,6 +255,39 @@ def coco_captions(
     return out
 
 
+TEXTILE_PACKAGE = "conformal_clip_data"
+TEXTILE_CLASSES = ("global", "local", "nominal")
+"""conformal-clip-data 0.1.4's simulated textile images (250 x 250 RGB JPEG): 500 with a global
+defect, 500 with a local defect, 1000 nominal; labels are indices into this (sorted) tuple."""
+
+
+def textile_root() -> Path:
+    """``data/textile_images/simulated`` of the installed ``conformal_clip_data`` package (not imported)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(TEXTILE_PACKAGE)
+    for folder in (spec.submodule_search_locations or []) if spec is not None else []:
+        root = Path(folder) / "data" / "textile_images" / "simulated"
+        if root.is_dir():
+            return root
+    raise DataError("labeled textile images need the package conformal-clip-data: pip install 'splitfc[small]'")
+
+
+def textile_images(n: int | None = None, keep: Keep = None, root: Path | str | None = None) -> list[Sample]:
+    """Labeled textile images (PyPI conformal-clip-data 0.1.4, MIT; `TEXTILE_CLASSES`), id
+    ``textile-<class>-<number>``, ordered by file name then class (so classes interleave).
+    With `is_train_id` as ``keep`` (or its negation) this is the fixed train / held-back split."""
+    base = _require(Path(root), "textile images folder") if root is not None else textile_root()
+    files = sorted(
+        ((p.name, label, p) for label, name in enumerate(TEXTILE_CLASSES)
+         for p in _require(base / name, "textile class folder").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES),
+        key=lambda item: (item[0], item[1]),
+    )
+    chosen = _select(((f"textile-{TEXTILE_CLASSES[label]}-{Path(name).stem.removeprefix('textile_')}", (p, label))
+                      for name, label, p in files), n, keep)
+    return [Sample(i, read_image(p), label) for i, (p, label) in chosen]
+
+
 def load_samples(split_id: str, path: Path | str, n: int | None = None, train: bool = False) -> list[Sample]:
     """Samples of a split's paper data set from a local path; ``train`` selects the disjoint training fifth."""
     from splitfc.common.tasks import get_task

