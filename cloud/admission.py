@@ -35,6 +35,8 @@ class FairSlots:
         self._served: dict[str, int] = {}
         """When each client with requests running or waiting was last given a slot (`_seq` order)."""
         self._on_queue_change = on_queue_change
+        self.urgent: deque[tuple[str, asyncio.Future[None]]] = deque()
+        """Waiters served before every queued request (`acquire_first`), outside ``max_queue``."""
 
     def _busy(self, detail: str) -> RequestFailed:
         return RequestFailed(
@@ -85,6 +87,23 @@ class FairSlots:
         except RequestFailed as exc:
             raise exc.detached() from None
 
+    async def acquire_first(self, client: str) -> None:
+        """Take a slot for ``client`` ahead of every queued request, waiting for the next free one; not
+        counted in ``max_queue`` or ``queued``. For work whose requests were admitted already: the tail
+        batches of `splitfc.cloud.batching` (their requests are decoded and hold memory)."""
+        if self.free > 0:
+            self.free -= 1
+            self._grant(client)
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.urgent.append((client, fut))
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release(client)  # granted just as the caller left: hand the slot on
+            raise
+
     def _grant(self, client: str) -> None:
         self.running[client] = self.running.get(client, 0) + 1
         self._served[client] = next(self._seq)
@@ -110,6 +129,12 @@ class FairSlots:
         else:
             self.running.pop(client, None)
         self._tidy(client)
+        while self.urgent:
+            who, urgent = self.urgent.popleft()
+            if not urgent.done():
+                self._grant(who)
+                urgent.set_result(None)
+                return
         while self.waiting:
             nxt = min(self.waiting, key=lambda c: (self.running.get(c, 0), self._served.get(c, -1)))
             queue = self.waiting[nxt]

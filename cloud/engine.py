@@ -27,8 +27,11 @@ from concurrent.futures import ThreadPoolExecutor
 from math import prod
 from typing import Any
 
+import numpy as np
+
 from splitfc.cloud import request as req
 from splitfc.cloud.admission import ByteBudget, FairSlots
+from splitfc.cloud.batching import TailBatcher, TailRequest, batch_counter
 from splitfc.cloud.errors import RequestFailed, Status
 from splitfc.cloud.metrics import CloudMetrics, codec_label, split_label
 from splitfc.cloud.request import Bitstream, InferOutcome, Payload, RequestRecord, WorkStop, request_id_problem
@@ -93,6 +96,9 @@ class InferenceEngine:
         self._executor = ThreadPoolExecutor(max_workers=settings.max_concurrency, thread_name_prefix="splitfc-worker")
         self._slots: FairSlots | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.batcher: TailBatcher | None = None
+        """Dynamic batching of the tail (`splitfc.cloud.batching`): on when ``max_batch_size`` > 1."""
+        self._batches = batch_counter(metrics.registry)
         self.upload_budget = ByteBudget(
             settings.max_buffered_upload_bytes, metrics.buffered_upload_bytes.set, settings.upload_bytes_per_client(),
         )
@@ -116,6 +122,11 @@ class InferenceEngine:
     def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._slots = FairSlots(self.settings.max_concurrency, self.settings.max_queue, self.metrics.queued.set)
+        if self.settings.max_batch_size > 1:
+            self.batcher = TailBatcher(
+                self._executor, self._slots, self.settings.max_batch_size, self.settings.max_batch_delay_ms / 1e3,
+                self._batches, self.log,
+            )
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -176,15 +187,12 @@ class InferenceEngine:
             limit="decode_time",
         )
 
-    def work(
+    def decode(
         self, data: Bitstream, rec: RequestRecord, stop: WorkStop | None = None,
-    ) -> tuple[svc.TaskResult, float, float]:
-        """One request's CPU work, blocking: parse, validate, decode, tail -> (result, decode s, tail s).
-
-        ``stop`` says when the caller no longer waits: the work does not start, external decoders are
-        killed, the tail is skipped. Raises `RequestFailed`. Entrypoints call `run`; benchmarks call this
-        to measure the work alone.
-        """
+    ) -> tuple[str, SplitModel, np.ndarray, float]:
+        """A request's work up to its tail, blocking: parse, validate, decode -> (split, model, features,
+        decode s). Raises `RequestFailed`, also when ``stop`` fired or ``max_decode_seconds`` passed
+        (then no tail is to run)."""
         stop = stop or WorkStop(None)
         if stop.reason() is not None:
             raise stop.failure("before the work started; not started")
@@ -222,13 +230,46 @@ class InferenceEngine:
             raise self._decode_time_exceeded(t1 - t0)  # the caller has its answer already; skip the tail
         if stop.reason() is not None:
             raise stop.failure("during decoding; tail skipped")
+        return split, model, features, t1 - t0
+
+    def work(
+        self, data: Bitstream, rec: RequestRecord, stop: WorkStop | None = None,
+    ) -> tuple[svc.TaskResult, float, float]:
+        """One request's CPU work, blocking: parse, validate, decode, tail -> (result, decode s, tail s).
+
+        ``stop`` says when the caller no longer waits: the work does not start, external decoders are
+        killed, the tail is skipped. Raises `RequestFailed`. Entrypoints call `run`; benchmarks call this
+        to measure the work alone (unbatched).
+        """
+        split, model, features, decode_s = self.decode(data, rec, stop)
+        t1 = time.perf_counter()
         try:
             out = model.tail(features)
             result = task_result_to_proto(out)
         except Exception as exc:
             self.log.exception("tail failed", extra={"fields": {"request_id": rec.request_id}})
             raise RequestFailed(Status.INTERNAL, f"tail of {split} failed: {type(exc).__name__}: {exc}") from None
-        return result, t1 - t0, time.perf_counter() - t1
+        return result, decode_s, time.perf_counter() - t1
+
+    def _decode_outcome(
+        self, payload: Payload, rec: RequestRecord, stop: WorkStop, started: asyncio.Future[None],
+    ) -> tuple[str, SplitModel, np.ndarray, float] | RequestFailed:
+        """`decode` for the thread pool (batching): tells ``started`` when the thread takes it up; a failure
+        is returned `detached`, as in `_work_outcome`."""
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(lambda: started.done() or started.set_result(None))
+        data = payload.data
+        if data is None:
+            return RequestFailed(Status.CANCELLED, "request ended before its work started")
+        try:
+            return self.decode(data, rec, stop)
+        except RequestFailed as exc:
+            return exc.detached()
+        except Exception as exc:  # a bug: still an answer, and a log line with the traceback
+            self.log.exception("request failed", extra={"fields": {"request_id": rec.request_id}})
+            return RequestFailed(Status.INTERNAL, f"{type(exc).__name__}: {exc}")
+        finally:
+            del data
 
     def _work_outcome(
         self, payload: Payload, rec: RequestRecord, stop: WorkStop,
@@ -279,6 +320,8 @@ class InferenceEngine:
         if stop.reason() is not None:
             slots.release(rec.client)
             raise stop.failure("while the request was queued; not started")
+        if self.batcher is not None:
+            return await self._batched(payload, rec, t_start, stop, queue_s)
         client = rec.client
         try:
             cfut = self._executor.submit(self._work_outcome, payload, rec, stop)
@@ -318,6 +361,83 @@ class InferenceEngine:
         rec.timings_ms = {
             "queue_ms": queue_s * 1e3, "decode_ms": decode_s * 1e3, "tail_ms": tail_s * 1e3, "total_ms": total_s * 1e3,
         }
+        return InferOutcome(rec.request_id, rec.split or "", result, rec.timings_ms, rec.stats)
+
+    async def _batched(
+        self, payload: Payload, rec: RequestRecord, t_start: float, stop: WorkStop, queue_s: float,
+    ) -> InferOutcome:
+        """An admitted request with batching on: decode in the pool (its slot is given back when the
+        thread returns, even if the caller gave up), then its tail in a batch (`TailBatcher`).
+
+        ``max_decode_seconds`` bounds the decode and the batch's tail, each from when a thread takes it
+        up; the deadline bounds every wait (for a thread, for the batch): a request whose deadline
+        passes before its batch runs is answered DEADLINE_EXCEEDED and not run."""
+        slots, loop, batcher = self._slots, self._loop, self.batcher
+        assert slots is not None and loop is not None and batcher is not None
+        client = rec.client
+        started: asyncio.Future[None] = loop.create_future()
+        tail_started: asyncio.Future[None] = loop.create_future()
+        answer: asyncio.Future[Any] = loop.create_future()
+        decoded: asyncio.Future[None] = loop.create_future()
+
+        def on_decoded(cfut: Any) -> None:  # event loop, whether or not the caller still waits
+            decoded.set_result(None)
+            outcome = RequestFailed(Status.UNAVAILABLE, "server is shutting down") if cfut.cancelled() \
+                else cfut.result()
+            if isinstance(outcome, RequestFailed) or stop.reason() is not None or answer.done():
+                if not answer.done():
+                    answer.set_result(outcome if isinstance(outcome, RequestFailed)
+                                      else stop.failure("during decoding; tail skipped"))
+                batcher.poke()
+                return
+            split, model, features, decode_s = outcome
+            rec.timings_ms["decode_ms"] = decode_s * 1e3
+            batcher.add((split, self.settings.preset),
+                        TailRequest(features, model, rec, stop, answer, tail_started))
+
+        try:
+            cfut = self._executor.submit(self._decode_outcome, payload, rec, stop, started)
+        except RuntimeError:
+            slots.release(client)
+            raise RequestFailed(Status.UNAVAILABLE, "server is shutting down") from None
+
+        def decode_done(f: Any) -> None:  # worker thread: the slot first, then the hand-over to the batcher
+            loop.call_soon_threadsafe(slots.release, client)
+            loop.call_soon_threadsafe(on_decoded, f)
+
+        cfut.add_done_callback(decode_done)
+        del cfut
+        limit = self.settings.max_decode_seconds
+        # (what to wait for, whether max_decode_seconds runs meanwhile, what the wait is)
+        phases = ((started, False, "while waiting for a worker thread; not started"),
+                  (decoded, True, "during decoding"),
+                  (tail_started, False, "while waiting for its batch; not run"),
+                  (answer, True, "during the tail"))
+        try:
+            for fut, timed, where in phases:
+                if answer.done():
+                    break
+                waits = [limit] if timed and limit > 0 else []
+                if stop.deadline is not None:
+                    waits.append(stop.deadline - time.monotonic())
+                t_phase = time.perf_counter()
+                done, _ = await asyncio.wait((fut, answer), timeout=max(0.0, min(waits)) if waits else None,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if not done:
+                    if stop.reason() == "deadline exceeded":
+                        stop.abandoned = "deadline exceeded"
+                        raise RequestFailed(Status.DEADLINE_EXCEEDED, f"deadline exceeded {where}")
+                    stop.abandoned = "over max_decode_seconds"
+                    raise self._decode_time_exceeded(time.perf_counter() - t_phase)
+        except asyncio.CancelledError:
+            stop.abandoned = "cancelled"
+            raise
+        outcome = answer.result()
+        if isinstance(outcome, RequestFailed):
+            raise outcome
+        result, tail_s, _size = outcome
+        rec.timings_ms.update(queue_ms=queue_s * 1e3, tail_ms=tail_s * 1e3,
+                              total_ms=(time.perf_counter() - t_start) * 1e3)
         return InferOutcome(rec.request_id, rec.split or "", result, rec.timings_ms, rec.stats)
 
     def finish(self, rec: RequestRecord) -> None:

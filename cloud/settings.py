@@ -62,6 +62,14 @@ class CloudSettings(GrpcChannelSettings):
     """Where request JSON lines go (default: stderr)."""
     log_requests: bool = True
     """Write one JSON line per request."""
+    # -- dynamic batching of the tail (cloud/batching.py, docs/serving.md#dynamic-batching) -----------
+    max_batch_size: int = Field(8, ge=1)
+    """Most requests of one split whose tails run as one batch; 1: no batching. With batching, up to
+    max_batch_size x max_concurrency requests are admitted at once (decoding, waiting for their batch or
+    in it) on max_concurrency worker threads; beyond them requests queue (max_queue) as before."""
+    max_batch_delay_ms: float = Field(2.0, ge=0)
+    """Longest a decoded request waits for more requests to join its batch; a batch also starts as soon
+    as it is full or no admitted request is still being decoded."""
     # -- hardening (docs/hardening.md) --------------------------------------------------------
     tls_cert: Path | None = None
     """PEM server certificate (chain): TLS on both the gRPC and the HTTP port. Needs ``tls_key``."""
