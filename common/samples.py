@@ -34,8 +34,8 @@ def head_bitstreams(split: str, preset: str, codec: str | Codec, rate: int, coun
     from splitfc.common.models import check_preset, get_split_model, tiny_samples
     from splitfc.common.specs import get_split
 
-    spec = get_split(split)
     check_preset(preset)
+    spec = get_split(split, preset)  # the preset's truncation ranges
     codec_obj = get_codec(codec) if isinstance(codec, str) else codec
     codec_obj.require_available()
     if codec_obj.rate_name != "none":

@@ -13,7 +13,7 @@ registry `SPLITS` live here; each model family registers its split points in
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from splitfc.common.errors import ShapeError, UnknownNameError
@@ -53,9 +53,15 @@ class SplitSpec:
     paper_shape: tuple[int | None, ...]
     packing: Packing
     truncation: dict[TruncationColumn, tuple[Range, ...]]
+    """Truncation ranges of paper Table 4 (``tiny`` and ``paper`` use them): one, or one per group."""
     original_range: tuple[Range, ...]
+    """Feature range paper Table 4 measured on the paper's model."""
     group_axis: int | None
     head: str
+    preset_truncation: dict[str, dict[TruncationColumn, tuple[Range, ...]]] = field(default_factory=dict)
+    """A preset's own truncation ranges (``small``: measured on its models, docs/models.md), by preset."""
+    preset_original_range: dict[str, tuple[Range, ...]] = field(default_factory=dict)
+    """The feature range measured on a preset's model (training samples), by preset."""
 
     @property
     def rank(self) -> int:
@@ -64,6 +70,22 @@ class SplitSpec:
     def ranges(self, column: TruncationColumn) -> tuple[Range, ...]:
         """Truncation ranges for a codec family: one, or one per group."""
         return self.truncation[column]
+
+    def for_preset(self, preset: str | None) -> SplitSpec:
+        """This split as a preset's models see it: its own truncation ranges and measured range where the
+        preset has them (``small``), else this spec itself (paper Table 4: ``tiny``, ``paper``).
+
+        Encoders take the ranges from the spec they are given and write them into the bitstream, so
+        decoders need no preset (`splitfc.common.preprocess.FrameInfo`).
+        """
+        if preset is None or preset not in self.preset_truncation:
+            return self
+        own = self.preset_truncation[preset]
+        return replace(
+            self,
+            truncation={**self.truncation, **own},
+            original_range=self.preset_original_range.get(preset, self.original_range),
+        )
 
     def check_shape(self, shape: tuple[int, ...]) -> None:
         """Raise `ShapeError` unless ``shape`` fits this split's layout."""
@@ -96,18 +118,29 @@ def register_split(spec: SplitSpec) -> SplitSpec:
     """Add a split point to `SPLITS` (ids are unique)."""
     if spec.id in SPLITS:
         raise ValueError(f"split {spec.id!r} registered twice")
+    for preset, columns in spec.preset_truncation.items():
+        for column, ranges in columns.items():
+            if len(ranges) != len(spec.truncation[column]) or any(not high > low for low, high in ranges):
+                raise ValueError(
+                    f"split {spec.id!r}: {preset} {column.value} ranges {ranges} must be "
+                    f"{len(spec.truncation[column])} ranges with high > low"
+                )
     SPLITS[spec.id] = spec
     return spec
 
 
-def get_split(split_id: str) -> SplitSpec:
-    """Look up a split by id; unknown ids name the valid ones."""
+def get_split(split_id: str, preset: str | None = None) -> SplitSpec:
+    """Look up a split by id; unknown ids name the valid ones.
+
+    With ``preset``: the spec with that preset's truncation ranges (`SplitSpec.for_preset`).
+    """
     try:
-        return SPLITS[split_id]
+        spec = SPLITS[split_id]
     except KeyError:
         raise UnknownNameError(
             f"unknown split {split_id!r}; valid splits: {', '.join(SPLITS)}"
         ) from None
+    return spec.for_preset(preset)
 
 
 def _import_split_modules() -> None:

@@ -200,7 +200,7 @@ async def run_edge(
 ) -> dict[str, Any]:
     """Run the edge for ``config``; return the report (JSON-able dict)."""
     settings = settings or EdgeSettings()
-    spec = get_split(config.split)
+    spec = get_split(config.split, config.preset)  # the preset's truncation ranges (small: its own)
     codec = RawCodec(store_dtype=config.raw_dtype) if config.codec == "raw" else get_codec(config.codec)
     if config.raw_dtype is not None and config.codec != "raw":
         raise SplitfcError(f"raw_dtype applies to the raw codec only, not {config.codec}")

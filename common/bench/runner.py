@@ -170,11 +170,12 @@ def compute_point(job: PointJob) -> dict[str, Any]:
     else:
         # Memory pass: its own encode + decode under the sampler, first, so that first-use
         # loading (a checkpoint, the ffmpeg binary's pages) is not in the timed pass either.
+        spec = get_split(job.split, job.preset)  # the preset's truncation ranges (small: its own)
         with measure_peak() as mem:
-            decode_features(encode_features(features, job.split, job.codec, job.rate))
+            decode_features(encode_features(features, spec, job.codec, job.rate))
         # Timed pass: nothing else running in this process.
         t0 = time.perf_counter()
-        msg = encode_features(features, job.split, job.codec, job.rate)
+        msg = encode_features(features, spec, job.codec, job.rate)
         t1 = time.perf_counter()
         decoded = decode_features(msg)
         t2 = time.perf_counter()

@@ -115,7 +115,7 @@ def build_split_model(split_id: str, preset: str = "tiny", **overrides: Any) -> 
     build = family_builder(spec.family)
     known = family_presets(spec.family)
     if preset in known:
-        return build(split_id, preset, **overrides)
+        return _with_preset_spec(build(split_id, preset, **overrides), preset)
     stand_in = STAND_INS.get((spec.family, preset))
     if stand_in is None:
         raise PresetUnavailableError(
@@ -125,6 +125,12 @@ def build_split_model(split_id: str, preset: str = "tiny", **overrides: Any) -> 
     model = build(split_id, stand_in.preset, **overrides)
     model.preset = preset
     model.model_name = f"{model.model_name} [{preset} preset: {stand_in.reason}]"
+    return _with_preset_spec(model, preset)
+
+
+def _with_preset_spec(model: SplitModel, preset: str) -> SplitModel:
+    """``model`` with ``spec`` carrying the preset's truncation ranges (`SplitSpec.for_preset`)."""
+    model.spec = model.spec.for_preset(preset)
     return model
 
 

@@ -31,6 +31,13 @@ def cmd_splits(args: argparse.Namespace) -> int:
             "metric": get_task(spec.task).metric,
             "original_range": [list(r) for r in spec.original_range],
             "truncation": {col.value: [list(r) for r in ranges] for col, ranges in spec.truncation.items()},
+            "preset_truncation": {
+                preset: {col.value: [list(r) for r in ranges] for col, ranges in columns.items()}
+                for preset, columns in spec.preset_truncation.items()
+            },
+            "preset_original_range": {
+                preset: [list(r) for r in ranges] for preset, ranges in spec.preset_original_range.items()
+            },
         }
         for spec in SPLITS.values()
     ]
@@ -42,4 +49,8 @@ def cmd_splits(args: argparse.Namespace) -> int:
               f"(paper {r['paper_shape']}), packing {r['packing']}")
         print(f"{'':<12} head: {r['head']}; metric {r['metric']}")
         print(f"{'':<12} original range {r['original_range']}; truncation {r['truncation']}")
+        for preset, columns in r["preset_truncation"].items():
+            measured = r["preset_original_range"].get(preset)
+            extra = f"; measured range {measured}" if measured else ""
+            print(f"{'':<12} {preset} preset: truncation {columns}{extra}")
     return 0
