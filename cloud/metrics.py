@@ -18,7 +18,7 @@ BYTES_BUCKETS = tuple(float(1 << k) for k in range(8, 31, 2))  # 256 B .. 1 GiB
 BPFP_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 LIMITS = (
     "message_bytes", "bitstream_bytes", "elements", "decode_time", "streams_per_client", "queue", "upload_bytes",
-    "upload_idle", "upload_bytes_per_client", "upload_rate", "upload_time", "stream_write", "answer_bytes",
+    "upload_idle",
 )
 """Label values of ``splitfc_cloud_limit_rejections_total``."""
 UNKNOWN = "unknown"
@@ -33,6 +33,26 @@ def split_label(split: str | None) -> str:
 
 def codec_label(codec: str | None) -> str:
     return codec if codec in CODECS else UNKNOWN
+
+
+def auth_failures_counter(registry: CollectorRegistry) -> Counter:
+    """``splitfc_cloud_auth_failures_total`` (surface, reason): also the one metric of a supervisor of
+    several engine processes, which serves their HTTP side (`splitfc.cloud.processes`)."""
+    return Counter(
+        "splitfc_cloud_auth_failures", "Calls refused for a missing or invalid bearer token (nothing decoded).",
+        ["surface", "reason"], registry=registry,
+    )
+
+
+def multiprocess_exposition(path: str) -> bytes:
+    """The Prometheus text format of every process writing to the multiprocess directory ``path``
+    (prometheus_client's `MultiProcessCollector`: counters and histograms summed over live and dead
+    processes, gauges by their ``multiprocess_mode``)."""
+    from prometheus_client import multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=path)
+    return generate_latest(registry)
 
 
 class CloudMetrics:
@@ -61,32 +81,39 @@ class CloudMetrics:
             "splitfc_cloud_bpfp", "Bits per feature point of accepted requests.",
             ["split", "codec"], buckets=BPFP_BUCKETS, registry=r,
         )
-        self.inflight = Gauge("splitfc_cloud_inflight_requests", "Requests inside the server now.", registry=r)
-        self.queued = Gauge("splitfc_cloud_queued_requests", "Requests waiting for a worker now.", registry=r)
+        # multiprocess_mode: how /metrics of several engine processes (cloud/processes.py) combines a
+        # gauge across the live ones; ignored in a single process.
+        self.inflight = Gauge(
+            "splitfc_cloud_inflight_requests", "Requests inside the server now.", registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.queued = Gauge(
+            "splitfc_cloud_queued_requests", "Requests waiting for a worker now.", registry=r,
+            multiprocess_mode="livesum",
+        )
         self.decode_errors = Counter(
             "splitfc_cloud_decode_errors", "Bitstreams rejected or not decodable, by reason.",
             ["split", "codec", "reason"], registry=r,
         )
-        self.auth_failures = Counter(
-            "splitfc_cloud_auth_failures", "Calls refused for a missing or invalid bearer token (nothing decoded).",
-            ["surface", "reason"], registry=r,
-        )
+        self.auth_failures = auth_failures_counter(r)
         self.limit_rejections = Counter(
             "splitfc_cloud_limit_rejections",
             "Requests refused by a limit: message_bytes, bitstream_bytes, elements, decode_time, "
-            "streams_per_client, queue, upload_bytes, upload_idle, upload_bytes_per_client, upload_rate, "
-            "upload_time, stream_write, answer_bytes.",
+            "streams_per_client, queue, upload_bytes, upload_idle.",
             ["limit"], registry=r,
         )
         for limit in LIMITS:
             self.limit_rejections.labels(limit)
         self.buffered_upload_bytes = Gauge(
             "splitfc_cloud_buffered_upload_bytes", "Bytes of chunked uploads held now (max_buffered_upload_bytes).",
-            registry=r,
+            registry=r, multiprocess_mode="livesum",
         )
-        self.ready = Gauge("splitfc_cloud_ready", "1 once every model is loaded.", registry=r)
+        self.ready = Gauge(
+            "splitfc_cloud_ready", "1 once every model is loaded.", registry=r, multiprocess_mode="livemin",
+        )
         self.model_load_seconds = Gauge(
             "splitfc_cloud_model_load_seconds", "Time spent loading each model at start-up.", ["split"], registry=r,
+            multiprocess_mode="livemax",
         )
 
     def exposition(self) -> bytes:

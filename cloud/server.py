@@ -61,14 +61,51 @@ class Endpoints:
         return f"{'https' if self.tls else 'http'}://{self.host}:{self.http_port}"
 
 
+async def start_http(
+    settings: CloudSettings, policy: TransportPolicy, app: object,
+) -> tuple[_Uvicorn, asyncio.Task[None], int]:
+    """Bind ``settings.http_port`` and serve ``app`` with uvicorn on this loop (TLS as ``policy`` says);
+    returns the server, its task and the bound port. Raises `SplitfcError` when the port cannot be bound."""
+    s = settings
+    family = socket.AF_INET6 if ":" in s.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((s.host, s.http_port))
+    except OSError as exc:
+        sock.close()
+        raise SplitfcError(f"cannot bind HTTP port {s.host}:{s.http_port}: {exc.strerror}") from None
+    http_port = sock.getsockname()[1]
+    tls: dict[str, object] = {}
+    if policy.tls:
+        tls = {"ssl_certfile": str(s.tls_cert), "ssl_keyfile": str(s.tls_key)}
+        if policy.mutual_tls:
+            tls.update(ssl_ca_certs=str(s.tls_client_ca), ssl_cert_reqs=ssl.CERT_REQUIRED)
+    config = uvicorn.Config(
+        app, log_level="warning", access_log=False, lifespan="off", **tls,  # type: ignore[arg-type]
+    )
+    http = _Uvicorn(config)
+    task = asyncio.create_task(http.serve(sockets=[sock]))
+    while not http.started:
+        if task.done():
+            task.result()
+            raise SplitfcError("HTTP server stopped during start-up")
+        await asyncio.sleep(0.01)
+    return http, task, http_port
+
+
 class CloudServer:
     """One cloud instance (its own metrics registry; several may run in one process)."""
 
     def __init__(
         self, settings: CloudSettings | None = None, model_loader: ModelLoader = default_model_loader,
-        logger: logging.Logger | None = None,
+        logger: logging.Logger | None = None, *, reuse_port: bool = False, serve_http: bool = True,
     ) -> None:
         self.settings = settings or CloudSettings()
+        self.reuse_port = reuse_port
+        """Bind the gRPC port with SO_REUSEPORT (one of several engine processes, `splitfc.cloud.processes`)."""
+        self.serve_http = serve_http
+        """Serve the HTTP side here (False in an engine process: its supervisor serves HTTP for all)."""
         self.metrics = CloudMetrics()
         if logger is None:
             logger = private_logger(REQUEST_LOGGER, self.settings.log_file, enabled=self.settings.log_requests)
@@ -88,10 +125,12 @@ class CloudServer:
         s = self.settings
         loop = asyncio.get_running_loop()
         self.engine.bind_loop(loop)
-        for warning in self.policy.warnings:
-            print(f"splitfc cloud: warning: {warning}", file=sys.stderr, flush=True)
+        if self.serve_http:  # an engine process's supervisor has printed them once for all
+            for warning in self.policy.warnings:
+                print(f"splitfc cloud: warning: {warning}", file=sys.stderr, flush=True)
         guard = ServerGuard(self.policy.tokens, self.metrics, s.max_streams_per_client)
-        server = grpc.aio.server(options=s.grpc_options(), interceptors=[guard])
+        options = [*s.grpc_options(), ("grpc.so_reuseport", 1)] if self.reuse_port else s.grpc_options()
+        server = grpc.aio.server(options=options, interceptors=[guard])
         add_servicer(SplitInferenceServicer(self.engine), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         for name in ("", SERVICE_NAME):
@@ -110,40 +149,26 @@ class CloudServer:
             raise SplitfcError(f"cannot bind gRPC port {s.host}:{s.grpc_port}")
         await server.start()
         self._grpc = server
+        if not self.serve_http:
+            self.endpoints = Endpoints(s.host, grpc_port, 0, self.policy.tls)
+            self._load_task = asyncio.create_task(self._load_models())
+            return self.endpoints
 
-        family = socket.AF_INET6 if ":" in s.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind((s.host, s.http_port))
-        except OSError as exc:
-            sock.close()
+            self._http, self._http_task, http_port = await start_http(
+                s, self.policy, create_app(self.engine, self.metrics, self.policy.tokens)
+            )
+        except BaseException:
             await server.stop(0)
-            raise SplitfcError(f"cannot bind HTTP port {s.host}:{s.http_port}: {exc.strerror}") from None
-        http_port = sock.getsockname()[1]
-        tls: dict[str, object] = {}
-        if self.policy.tls:
-            tls = {"ssl_certfile": str(s.tls_cert), "ssl_keyfile": str(s.tls_key)}
-            if self.policy.mutual_tls:
-                tls.update(ssl_ca_certs=str(s.tls_client_ca), ssl_cert_reqs=ssl.CERT_REQUIRED)
-        config = uvicorn.Config(
-            create_app(self.engine, self.metrics, self.policy.tokens), log_level="warning", access_log=False,
-            lifespan="off", **tls,  # type: ignore[arg-type]
-        )
-        self._http = _Uvicorn(config)
-        self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]))
-        while not self._http.started:
-            if self._http_task.done():
-                self._http_task.result()
-                raise SplitfcError("HTTP server stopped during start-up")
-            await asyncio.sleep(0.01)
+            raise
         self.endpoints = Endpoints(s.host, grpc_port, http_port, self.policy.tls)
         self._load_task = asyncio.create_task(self._load_models())
         return self.endpoints
 
     async def _load_models(self) -> None:
         try:
-            await asyncio.to_thread(self.engine.load_models)
+            if not self.engine.ready:  # an engine process loads its models before it binds (processes.py)
+                await asyncio.to_thread(self.engine.load_models)
         except Exception as exc:
             # Reported by /readyz, wait_ready() and `cloud serve` (which then exits with this error).
             self.engine.load_error = f"{type(exc).__name__}: {exc}"
