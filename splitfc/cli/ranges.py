@@ -45,7 +45,7 @@ def cmd_feature_ranges(args: argparse.Namespace) -> int:
     import numpy as np
 
     from splitfc.common.feature_ranges import HYPERPRIOR_PERCENTILE, VTM_PERCENTILE, measure_ranges
-    from splitfc.common.models import check_preset, get_split_model, tiny_samples
+    from splitfc.common.models import check_preset, get_split_model, preset_samples
     from splitfc.common.specs import TruncationColumn, get_split
 
     check_preset(args.preset)
@@ -58,9 +58,9 @@ def cmd_feature_ranges(args: argparse.Namespace) -> int:
         if args.samples < 1:
             raise SplitfcError(f"--samples must be at least 1, got {args.samples}")
         model = get_split_model(spec.id, args.preset)
-        samples = tiny_samples(spec.id, args.samples, train=True)
+        samples = preset_samples(spec.id, args.samples, args.preset, train=True)
         features = [model.head(s.inputs) for s in samples]
-        source = f"{len(samples)} built-in training samples through {model.model_name}"
+        source = f"{len(samples)} {args.preset} training samples through {model.model_name}"
     groups = measure_ranges(features, spec)
     current = get_split(spec.id, args.preset)
     rows = {
