@@ -87,6 +87,7 @@ def test_a_trickling_upload_ends_with_deadline_exceeded(settings: dict[str, Any]
             t0 = time.monotonic()
             code, details = _code(lambda: chunked(_trickle(stop), timeout=15))
             took = time.monotonic() - t0
+            print(f"trickle of 10 bytes per 0.3 s ({label}): ended after {took:.1f} s: {details}")
             assert code == grpc.StatusCode.DEADLINE_EXCEEDED and words in details, details
             assert took < 8, f"the trickle lasted {took:.1f} s"
             assert limit(server, label) == 1 and limit(server, "upload_idle") == 0
@@ -197,6 +198,7 @@ def test_a_stream_whose_answers_are_never_read_ends_and_frees_its_slot() -> None
     try:
         with ServerThread(settings) as server:
             infer, _, stream = raw_calls(server.endpoints.grpc_target)
+            t0 = time.monotonic()
             answers = stream(requests(), timeout=60)
 
             def slot_free() -> bool:
@@ -206,7 +208,12 @@ def test_a_stream_whose_answers_are_never_read_ends_and_frees_its_slot() -> None
                     assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, exc.details()
                     return False
 
+            assert wait_until(lambda: counted(server, "OK", "dinov2-dpt") >= 1, 30)  # the stream is being served
+            assert not slot_free()  # and holds the client's one slot
             assert wait_until(slot_free, 40, interval=0.5), "the unread stream still holds the client's slot"
+            answered = counted(server, "OK", "dinov2-dpt") - 1
+            print(f"unread InferStream: slot free {time.monotonic() - t0:.1f} s after it opened "
+                  f"({answered:.0f} answers computed, stream_write_timeout_seconds=2)")
             assert limit(server, "stream_write") == 1
             assert counted(server, "DEADLINE_EXCEEDED") == 1
             got = 0
