@@ -38,6 +38,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--samples", type=int, default=8, help="distinct bitstreams, sent round-robin (default 8)")
     p.add_argument("--workers", type=int, help="server max_concurrency and in-process pool size (default: cloud's)")
     p.add_argument("--in-process-server", action="store_true", help="run the server in this process (a thread)")
+    p.add_argument("--processes", type=int, default=1,
+                   help="server engine processes behind its one port (cloud serve --processes; default 1)")
+    p.add_argument("--connections", type=int, default=1,
+                   help="client connections, requests spread round robin (SO_REUSEPORT balances connections; "
+                   "default 1)")
     p.add_argument("-o", "--output", type=Path, help="write the results as JSON")
     p.set_defaults(func=cmd_bench_serving)
 
@@ -88,16 +93,29 @@ def in_process_throughput(split: str, bitstreams: list[bytes], requests: int, wo
     }
 
 
-async def served_throughput(target: str, bitstreams: list[bytes], requests: int, concurrency: int) -> dict[str, Any]:
-    """``requests`` unary calls with ``concurrency`` in flight; throughput and latency percentiles."""
+async def served_throughput(
+    target: str, bitstreams: list[bytes], requests: int, concurrency: int, connections: int = 1,
+) -> dict[str, Any]:
+    """``requests`` unary calls with ``concurrency`` in flight over ``connections`` connections (round
+    robin); throughput and latency percentiles."""
+    import contextlib
+
     from splitfc.edge.client import EdgeClient
     from splitfc.edge.settings import EdgeSettings
 
-    settings = EdgeSettings(retries=0, deadline_s=120.0)
-    async with EdgeClient(target, settings) as client:
-        await client.wait_ready(120)
-        for i in range(min(4, requests)):  # warm-up
-            await client.infer(uuid.uuid4().hex, bitstreams[i % len(bitstreams)])
+    class OwnConnection(EdgeSettings):
+        """A channel with a connection of its own (channels otherwise share one per target and arguments)."""
+
+        def grpc_options(self) -> list[tuple[str, int]]:
+            return [*super().grpc_options(), ("grpc.use_local_subchannel_pool", 1)]
+
+    settings = OwnConnection(retries=0, deadline_s=120.0)
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [await stack.enter_async_context(EdgeClient(target, settings)) for _ in range(connections)]
+        for c in clients:
+            await c.wait_ready(120)
+            for i in range(min(4, requests)):  # warm-up
+                await c.infer(uuid.uuid4().hex, bitstreams[i % len(bitstreams)])
         sem = asyncio.Semaphore(concurrency)
         lat: list[float] = []
         server_ms: list[float] = []
@@ -106,7 +124,7 @@ async def served_throughput(target: str, bitstreams: list[bytes], requests: int,
         async def one(i: int) -> None:
             async with sem:
                 t = time.perf_counter()
-                res = await client.infer(uuid.uuid4().hex, bitstreams[i % len(bitstreams)])
+                res = await clients[i % connections].infer(uuid.uuid4().hex, bitstreams[i % len(bitstreams)])
                 if res.response is None:
                     errors[res.code.name] = errors.get(res.code.name, 0) + 1
                     return
@@ -136,8 +154,12 @@ def cmd_bench_serving(args: argparse.Namespace) -> int:
         levels = [int(x) for x in args.concurrency.split(",") if x.strip()]
     except ValueError:
         raise SplitfcError(f"--concurrency takes comma-separated integers, got {args.concurrency!r}") from None
-    if not levels or min(levels) < 1 or min(args.requests, args.samples, args.repeat) < 1:
-        raise SplitfcError("--concurrency levels, --requests, --samples and --repeat must be >= 1")
+    if not levels or min(levels) < 1 or min(args.requests, args.samples, args.repeat, args.processes,
+                                            args.connections) < 1:
+        raise SplitfcError("--concurrency levels, --requests, --samples, --repeat, --processes and --connections "
+                           "must be >= 1")
+    if args.processes > 1 and args.in_process_server:
+        raise SplitfcError("--processes needs the server in its own process (drop --in-process-server)")
     cloud_defaults = CloudSettings()
     workers = args.workers or cloud_defaults.max_concurrency
     torch.set_num_threads(cloud_defaults.torch_threads)
@@ -159,7 +181,7 @@ def cmd_bench_serving(args: argparse.Namespace) -> int:
         env = dict(os.environ)
         env.update({
             "SPLITFC_CLOUD_MAX_CONCURRENCY": str(workers), "SPLITFC_CLOUD_MAX_QUEUE": str(settings.max_queue),
-            "SPLITFC_CLOUD_LOG_REQUESTS": "false",
+            "SPLITFC_CLOUD_LOG_REQUESTS": "false", "SPLITFC_CLOUD_PROCESSES": str(args.processes),
         })
         cmd = [
             sys.executable, "-m", "splitfc", "cloud", "serve", "--host", "127.0.0.1",
@@ -167,6 +189,7 @@ def cmd_bench_serving(args: argparse.Namespace) -> int:
         ]
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         target = f"127.0.0.1:{settings.grpc_port}"
+        _wait_all_engines(proc, f"http://127.0.0.1:{settings.http_port}/readyz")
     # Rounds alternate in-process and served runs, so a busy machine disturbs both alike; each
     # figure is the round with the median throughput.
     baselines: list[dict[str, Any]] = []
@@ -177,7 +200,9 @@ def cmd_bench_serving(args: argparse.Namespace) -> int:
             baselines.append(in_process_throughput(args.split, bitstreams, args.requests, workers))
             for level in levels:
                 print(f"bench-serving: round {round_ + 1}/{args.repeat}: served, concurrency {level}", file=sys.stderr)
-                runs[level].append(asyncio.run(served_throughput(target, bitstreams, args.requests, level)))
+                runs[level].append(asyncio.run(
+                    served_throughput(target, bitstreams, args.requests, level, args.connections)
+                ))
     except Exception:
         if proc is not None and proc.poll() is not None and proc.stderr is not None:
             sys.stderr.write(proc.stderr.read().decode(errors="replace"))
@@ -205,6 +230,7 @@ def cmd_bench_serving(args: argparse.Namespace) -> int:
         "bitstream_bytes": sum(map(len, bitstreams)) // len(bitstreams), "workers": workers,
         "torch_threads": cloud_defaults.torch_threads, "cpus": os.cpu_count(),
         "server": "in-process thread" if args.in_process_server else "subprocess",
+        "processes": args.processes, "connections": args.connections,
         "repeat": args.repeat, "requests": args.requests, "in_process": baseline, "served": served,
     }
     print(format_bench(result))
@@ -212,6 +238,27 @@ def cmd_bench_serving(args: argparse.Namespace) -> int:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(result, indent=2) + "\n")
     return 0
+
+
+def _wait_all_engines(proc: subprocess.Popen[bytes], readyz: str, timeout: float = 600.0) -> None:
+    """Wait for the server's /readyz (200: every engine process serves), so no round runs on fewer."""
+    import urllib.request
+
+    from splitfc.common.errors import SplitfcError
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode(errors="replace") if proc.stderr is not None else ""
+            raise SplitfcError(f"cloud server exited with {proc.returncode} during start-up: {err.strip()[-500:]}")
+        try:
+            with urllib.request.urlopen(readyz, timeout=5) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise SplitfcError(f"cloud server not ready after {timeout:g} s ({readyz})")
 
 
 def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -224,7 +271,8 @@ def format_bench(result: dict[str, Any]) -> str:
     b = result["in_process"]
     lines = [
         f"split {result['split']}  codec {result['codec']}  bitstream {result['bitstream_bytes']} B  "
-        f"workers {result['workers']} x {result['torch_threads']} torch threads  server: {result['server']}  "
+        f"{result.get('processes', 1)} process(es) x {result['workers']} workers x {result['torch_threads']} torch "
+        f"threads  connections {result.get('connections', 1)}  server: {result['server']}  "
         f"{result['requests']} requests, median of {result['repeat']} rounds",
         f"{'mode':<22} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'overhead':>9}",
         f"{'in-process loop':<22} {b['throughput_rps']:>8.1f} {b['latency_ms_p50']:>8.2f} {b['latency_ms_p99']:>8.2f} "
