@@ -45,6 +45,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from splitfc.cloud.settings import CloudSettings
@@ -60,12 +61,24 @@ STOP_MARGIN_S = 10.0
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
-def usable_cores() -> int:
-    """CPU cores this process may run on (its affinity mask: what a container or taskset allows)."""
+CGROUP_CPU_MAX = "/sys/fs/cgroup/cpu.max"
+"""cgroup v2 CPU quota: ``<quota us> <period us>`` or ``max <period>`` (a container's CPU limit)."""
+
+
+def usable_cores(cpu_max: str = CGROUP_CPU_MAX) -> int:
+    """CPU cores this process may use: its affinity mask (taskset, cpusets), capped by a cgroup v2 CPU
+    quota rounded down (a Kubernetes ``limits.cpu`` of 2.5 counts as 2), at least 1."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = Path(cpu_max).read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    return cores
 
 
 def check_cores(settings: CloudSettings, cores: int | None = None) -> None:

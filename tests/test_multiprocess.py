@@ -23,7 +23,7 @@ from _serving import raw_bitstream, wait_until
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from splitfc.cloud.processes import check_cores
+from splitfc.cloud.processes import check_cores, usable_cores
 from splitfc.cloud.settings import CloudSettings
 from splitfc.common.errors import SplitfcError
 from splitfc.v1 import service_pb2 as svc
@@ -188,6 +188,18 @@ def test_more_threads_than_cores_is_refused() -> None:
         check_cores(CloudSettings(processes=2, max_concurrency=2), cores=2)
     with pytest.raises(SplitfcError, match="= 3 CPU-bound threads on 2"):
         check_cores(CloudSettings(processes=3, max_concurrency=1), cores=2)
+
+
+def test_usable_cores_honours_a_cgroup_cpu_quota(tmp_path: Path) -> None:
+    affinity = len(os.sched_getaffinity(0))
+    cpu_max = tmp_path / "cpu.max"
+    cpu_max.write_text("max 100000\n")
+    assert usable_cores(str(cpu_max)) == affinity
+    cpu_max.write_text("150000 100000\n")  # limits.cpu 1.5: one whole core
+    assert usable_cores(str(cpu_max)) == 1
+    cpu_max.write_text("50000 100000\n")
+    assert usable_cores(str(cpu_max)) == 1
+    assert usable_cores(str(tmp_path / "absent")) == affinity
 
 
 def test_cli_refuses_oversubscription_in_one_line(tmp_path: Path) -> None:
