@@ -219,3 +219,54 @@ def test_batching_settings_come_from_the_environment(monkeypatch: pytest.MonkeyP
         with pytest.raises(ValueError, match=name.removeprefix("SPLITFC_CLOUD_").lower()):
             CloudSettings()
         monkeypatch.delenv(name)
+
+
+# -- splitfc bench-serving ---------------------------------------------------------------------------
+
+def test_batch_stats_are_the_batches_between_two_reads() -> None:
+    from splitfc.cli.bench_serving import batch_stats
+
+    stats = batch_stats({1: 5, 3: 2, 8: 4}, {1: 4, 8: 1})
+    assert stats == {"batch_sizes": {"1": 1, "3": 2, "8": 3}, "batch_mean": (1 + 6 + 24) / 6, "batch_max": 8}
+    assert batch_stats({1: 2}, {1: 2}) == {"batch_sizes": {}, "batch_mean": None, "batch_max": None}
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--batching", "sometimes"], "--batching takes on and/or off"),
+        (["--batching", "on", "--max-batch-size", "1"], "max batch size >= 2"),
+        (["--max-batch-delay-ms", "-2"], "--max-batch-delay-ms must be >= 0"),
+    ],
+)
+def test_bench_serving_refuses_bad_batching_options(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str],
+) -> None:
+    from splitfc.cli import main
+
+    assert main(["bench-serving", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bench_serving_reports_both_modes_with_their_batch_sizes(tmp_path: Any) -> None:
+    import json
+
+    from splitfc.cli import main
+
+    out = tmp_path / "serving.json"
+    assert main(["bench-serving", "--split", "dinov2-cls", "--concurrency", "1,6", "--requests", "12",
+                 "--repeat", "1", "--samples", "2", "--workers", "1", "--in-process-server",
+                 "--max-batch-size", "4", "-o", str(out)]) == 0
+    result = json.loads(out.read_text())
+    rows = {(r["batching"], r["concurrency"]): r for r in result["served"]}
+    assert set(rows) == {("on", 1), ("on", 6), ("off", 1), ("off", 6)}
+    assert result["batching"]["on"]["max_batch_size"] == 4 and result["batching"]["off"]["max_batch_size"] == 1
+    for (mode, _level), row in rows.items():
+        assert row["ok"] == 12 and row["vs_in_process"] > 0
+        assert row["latency_ms_p50"] <= row["latency_ms_p99"]
+        if mode == "off":
+            assert row["batch_sizes"] == {} and row["batch_mean"] is None and "vs_batching_off" not in row
+        else:  # every request of the run (12, and 4 warm-up calls) went through one batch of at most 4
+            sizes = {int(k): v for k, v in row["batch_sizes"].items()}
+            assert sum(k * v for k, v in sizes.items()) == 16 and row["batch_max"] <= 4
+            assert row["vs_batching_off"] > 0

@@ -1,10 +1,14 @@
-"""``splitfc bench-serving``: the cloud's serving overhead.
+"""``splitfc bench-serving``: the cloud's serving overhead, with and without dynamic batching.
 
 The same pre-coded bitstreams are (a) parsed, decoded and run through ``tail``
-in-process by a pool of as many worker threads as the server has (no network),
-and (b) sent to a cloud server (a separate process by default) over loopback
-gRPC at several client concurrencies. Overhead ratio = in-process throughput /
-served throughput (1.0 = no overhead).
+in-process by a pool of as many worker threads as the server has (no network,
+unbatched), and (b) sent to cloud servers (separate processes by default) over
+loopback gRPC at several client concurrencies: one server per ``--batching`` mode
+(``on``: dynamic batching of the tail, ``off``: max_batch_size 1), all rounds
+alternating so that a busy machine disturbs every mode alike. Per mode and
+concurrency: throughput, ``vs_in_process`` = served / in-process throughput
+(1.0 = served as fast as the bare work), p50/p99 latency and the tail batch sizes
+the server ran (from its ``splitfc_cloud_tail_batches_total`` metric).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import sys
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +48,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--connections", type=int, default=1,
                    help="client connections, requests spread round robin (SO_REUSEPORT balances connections; "
                    "default 1)")
+    p.add_argument("--batching", default="on,off",
+                   help="server modes, comma-separated: on (dynamic batching) and/or off (default on,off)")
+    p.add_argument("--max-batch-size", type=int,
+                   help="max_batch_size of the 'on' server (default: cloud's SPLITFC_CLOUD_MAX_BATCH_SIZE)")
+    p.add_argument("--max-batch-delay-ms", type=float,
+                   help="max_batch_delay_ms of the 'on' server (default: cloud's SPLITFC_CLOUD_MAX_BATCH_DELAY_MS)")
     p.add_argument("-o", "--output", type=Path, help="write the results as JSON")
     p.set_defaults(func=cmd_bench_serving)
 
@@ -164,67 +175,53 @@ def cmd_bench_serving(args: argparse.Namespace) -> int:
     workers = args.workers or cloud_defaults.max_concurrency
     torch.set_num_threads(cloud_defaults.torch_threads)
 
+    modes = _batch_modes(args, cloud_defaults)
     print(f"bench-serving: preparing {args.samples} {args.split} bitstreams ({args.codec})", file=sys.stderr)
     bitstreams = head_bitstreams(args.split, "tiny", args.codec, args.qp, args.samples)
-    settings = CloudSettings(
-        grpc_port=_free_port(), http_port=_free_port(), splits=args.split, max_concurrency=workers,
-        max_queue=max(64, max(levels)), log_requests=False,
-    )
-    proc: subprocess.Popen[bytes] | None = None
-    thread = None
-    if args.in_process_server:
-        from splitfc.cloud.server import ServerThread
-
-        thread = ServerThread(settings)
-        target = thread.start().grpc_target
-    else:
-        env = dict(os.environ)
-        env.update({
-            "SPLITFC_CLOUD_MAX_CONCURRENCY": str(workers), "SPLITFC_CLOUD_MAX_QUEUE": str(settings.max_queue),
-            "SPLITFC_CLOUD_LOG_REQUESTS": "false", "SPLITFC_CLOUD_PROCESSES": str(args.processes),
-        })
-        cmd = [
-            sys.executable, "-m", "splitfc", "cloud", "serve", "--host", "127.0.0.1",
-            "--grpc-port", str(settings.grpc_port), "--http-port", str(settings.http_port), "--splits", args.split,
-        ]
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        target = f"127.0.0.1:{settings.grpc_port}"
-        _wait_all_engines(proc, f"http://127.0.0.1:{settings.http_port}/readyz")
-    # Rounds alternate in-process and served runs, so a busy machine disturbs both alike; each
-    # figure is the round with the median throughput.
+    servers: dict[str, _Server] = {}
+    # Rounds alternate the in-process loop and every served mode, so a busy machine disturbs all
+    # alike; each figure is the round with the median throughput.
     baselines: list[dict[str, Any]] = []
-    runs: dict[int, list[dict[str, Any]]] = {level: [] for level in levels}
+    runs: dict[tuple[str, int], list[dict[str, Any]]] = {(m, level): [] for m in modes for level in levels}
     try:
+        for mode, (size, delay_ms) in modes.items():
+            servers[mode] = _start_server(args, workers, max(64, max(levels)), size, delay_ms)
         for round_ in range(args.repeat):
             print(f"bench-serving: round {round_ + 1}/{args.repeat}: in-process loop", file=sys.stderr)
             baselines.append(in_process_throughput(args.split, bitstreams, args.requests, workers))
-            for level in levels:
-                print(f"bench-serving: round {round_ + 1}/{args.repeat}: served, concurrency {level}", file=sys.stderr)
-                runs[level].append(asyncio.run(
-                    served_throughput(target, bitstreams, args.requests, level, args.connections)
-                ))
+            for mode, server in servers.items():
+                for level in levels:
+                    print(f"bench-serving: round {round_ + 1}/{args.repeat}: served, batching {mode}, "
+                          f"concurrency {level}", file=sys.stderr)
+                    before = tail_batches(server.metrics_url, args.split)
+                    row = asyncio.run(served_throughput(server.target, bitstreams, args.requests, level,
+                                                        args.connections))
+                    row.update(batch_stats(tail_batches(server.metrics_url, args.split), before))
+                    runs[(mode, level)].append(row)
     except Exception:
-        if proc is not None and proc.poll() is not None and proc.stderr is not None:
-            sys.stderr.write(proc.stderr.read().decode(errors="replace"))
+        for server in servers.values():
+            server.report_exit()
         raise
     finally:
-        if thread is not None:
-            thread.stop()
-        if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        for server in servers.values():
+            server.stop()
     baseline = _median_run(baselines)
     baseline["rounds_rps"] = [b["throughput_rps"] for b in baselines]
     served = []
-    for level in levels:
-        row = _median_run(runs[level])
-        row["rounds_rps"] = [r["throughput_rps"] for r in runs[level]]
+    for (mode, _level), rounds in runs.items():
+        row = _median_run(rounds)
+        size, delay_ms = modes[mode]
+        row.update(batching=mode, max_batch_size=size, max_batch_delay_ms=delay_ms,
+                   rounds_rps=[r["throughput_rps"] for r in rounds])
+        rps = row["throughput_rps"]
+        row["overhead_ratio"] = baseline["throughput_rps"] / rps if rps else None
+        row["vs_in_process"] = rps / baseline["throughput_rps"]
         served.append(row)
-    for row in served:
-        row["overhead_ratio"] = baseline["throughput_rps"] / row["throughput_rps"] if row["throughput_rps"] else None
+    by_key = {(r["batching"], r["concurrency"]): r for r in served}
+    for row in served:  # batching on / off at the same concurrency, same rounds
+        off = by_key.get(("off", row["concurrency"]))
+        if row["batching"] == "on" and off is not None and off["throughput_rps"]:
+            row["vs_batching_off"] = row["throughput_rps"] / off["throughput_rps"]
     result = {
         "split": args.split, "codec": args.codec, "qp": args.qp, "preset": "tiny",
         "bitstream_bytes": sum(map(len, bitstreams)) // len(bitstreams), "workers": workers,
@@ -232,12 +229,118 @@ def cmd_bench_serving(args: argparse.Namespace) -> int:
         "server": "in-process thread" if args.in_process_server else "subprocess",
         "processes": args.processes, "connections": args.connections,
         "repeat": args.repeat, "requests": args.requests, "in_process": baseline, "served": served,
+        "batching": {m: {"max_batch_size": size, "max_batch_delay_ms": delay} for m, (size, delay) in modes.items()},
     }
     print(format_bench(result))
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(result, indent=2) + "\n")
     return 0
+
+
+def _batch_modes(args: argparse.Namespace, defaults: Any) -> dict[str, tuple[int, float]]:
+    """``--batching`` as {mode: (max_batch_size, max_batch_delay_ms)}; raises `SplitfcError`."""
+    from splitfc.common.errors import SplitfcError
+
+    names = [m.strip() for m in args.batching.split(",") if m.strip()]
+    if not names or any(m not in ("on", "off") for m in names) or len(set(names)) != len(names):
+        raise SplitfcError(f"--batching takes on and/or off, comma-separated, got {args.batching!r}")
+    size = defaults.max_batch_size if args.max_batch_size is None else args.max_batch_size
+    delay = defaults.max_batch_delay_ms if args.max_batch_delay_ms is None else args.max_batch_delay_ms
+    if "on" in names and size < 2:
+        raise SplitfcError(f"--batching on needs a max batch size >= 2, got {size} (--max-batch-size)")
+    if delay < 0:
+        raise SplitfcError(f"--max-batch-delay-ms must be >= 0, got {delay:g}")
+    return {m: (size, delay) if m == "on" else (1, delay) for m in names}
+
+
+@dataclass
+class _Server:
+    """A cloud server under test: a subprocess or a thread of this process."""
+
+    target: str
+    metrics_url: str
+    proc: subprocess.Popen[bytes] | None = None
+    thread: Any = None
+
+    def report_exit(self) -> None:
+        """Copy a dead server process's stderr to ours."""
+        if self.proc is not None and self.proc.poll() is not None and self.proc.stderr is not None:
+            sys.stderr.write(self.proc.stderr.read().decode(errors="replace"))
+
+    def stop(self) -> None:
+        if self.thread is not None:
+            self.thread.stop()
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def _start_server(
+    args: argparse.Namespace, workers: int, max_queue: int, batch_size: int, delay_ms: float,
+) -> _Server:
+    """A server of ``args.split`` on free loopback ports with the given batching, ready to serve."""
+    from splitfc.cloud.settings import CloudSettings
+
+    settings = CloudSettings(
+        grpc_port=_free_port(), http_port=_free_port(), splits=args.split, max_concurrency=workers,
+        max_queue=max_queue, log_requests=False, max_batch_size=batch_size, max_batch_delay_ms=delay_ms,
+    )
+    metrics_url = f"http://127.0.0.1:{settings.http_port}/metrics"
+    if args.in_process_server:
+        from splitfc.cloud.server import ServerThread
+
+        thread = ServerThread(settings)
+        return _Server(thread.start().grpc_target, metrics_url, thread=thread)
+    env = dict(os.environ)
+    env.update({
+        "SPLITFC_CLOUD_MAX_CONCURRENCY": str(workers), "SPLITFC_CLOUD_MAX_QUEUE": str(max_queue),
+        "SPLITFC_CLOUD_LOG_REQUESTS": "false", "SPLITFC_CLOUD_PROCESSES": str(args.processes),
+        "SPLITFC_CLOUD_MAX_BATCH_SIZE": str(batch_size), "SPLITFC_CLOUD_MAX_BATCH_DELAY_MS": str(delay_ms),
+    })
+    cmd = [
+        sys.executable, "-m", "splitfc", "cloud", "serve", "--host", "127.0.0.1",
+        "--grpc-port", str(settings.grpc_port), "--http-port", str(settings.http_port), "--splits", args.split,
+    ]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    server = _Server(f"127.0.0.1:{settings.grpc_port}", metrics_url, proc=proc)
+    try:
+        _wait_all_engines(proc, f"http://127.0.0.1:{settings.http_port}/readyz")
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def tail_batches(metrics_url: str, split: str) -> dict[int, float]:
+    """The server's tail batches run so far, {batch size: count} (``splitfc_cloud_tail_batches_total``)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(metrics_url, timeout=30) as resp:
+        text = resp.read().decode()
+    counts: dict[int, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "splitfc_cloud_tail_batches_total" and sample.labels.get("split") == split:
+                counts[int(sample.labels["size"])] = counts.get(int(sample.labels["size"]), 0) + sample.value
+    return counts
+
+
+def batch_stats(after: dict[int, float], before: dict[int, float]) -> dict[str, Any]:
+    """Batch sizes between two `tail_batches` reads: histogram {size: batches}, mean and max
+    (None without batching: no batch ran)."""
+    hist = {size: int(n - before.get(size, 0)) for size, n in sorted(after.items()) if n - before.get(size, 0) > 0}
+    batches = sum(hist.values())
+    return {
+        "batch_sizes": {str(k): v for k, v in hist.items()},
+        "batch_mean": sum(k * v for k, v in hist.items()) / batches if batches else None,
+        "batch_max": max(hist) if hist else None,
+    }
 
 
 def _wait_all_engines(proc: subprocess.Popen[bytes], readyz: str, timeout: float = 600.0) -> None:
@@ -269,22 +372,32 @@ def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def format_bench(result: dict[str, Any]) -> str:
     b = result["in_process"]
+    modes = ", ".join(
+        f"{m} (max_batch_size {v['max_batch_size']}, delay {v['max_batch_delay_ms']:g} ms)"
+        for m, v in result.get("batching", {}).items()
+    )
     lines = [
         f"split {result['split']}  codec {result['codec']}  bitstream {result['bitstream_bytes']} B  "
         f"{result.get('processes', 1)} process(es) x {result['workers']} workers x {result['torch_threads']} torch "
         f"threads  connections {result.get('connections', 1)}  server: {result['server']}  "
         f"{result['requests']} requests, median of {result['repeat']} rounds",
-        f"{'mode':<22} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'overhead':>9}",
-        f"{'in-process loop':<22} {b['throughput_rps']:>8.1f} {b['latency_ms_p50']:>8.2f} {b['latency_ms_p99']:>8.2f} "
-        f"{'1.00':>9}",
+        f"batching: {modes}",
+        f"{'mode':<30} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'x in-proc':>9} {'x off':>6} {'batch mean':>10} "
+        f"{'max':>4}",
+        f"{'in-process loop, unbatched':<30} {b['throughput_rps']:>8.1f} {b['latency_ms_p50']:>8.2f} "
+        f"{b['latency_ms_p99']:>8.2f} {'1.00':>9}",
     ]
+
+    def num(value: float | None, fmt: str) -> str:
+        return "-" if value is None else format(value, fmt)
+
     for r in result["served"]:
         err = f"  errors {r['errors']}" if r["errors"] else ""
-        p50 = "-" if r["latency_ms_p50"] is None else f"{r['latency_ms_p50']:.2f}"
-        p99 = "-" if r["latency_ms_p99"] is None else f"{r['latency_ms_p99']:.2f}"
-        ratio = "-" if r["overhead_ratio"] is None else f"{r['overhead_ratio']:.2f}"
+        mode = f"gRPC c={r['concurrency']}, batching {r.get('batching', 'off')}"
         lines.append(
-            f"{'gRPC, concurrency ' + str(r['concurrency']):<22} {r['throughput_rps']:>8.1f} {p50:>8} {p99:>8} "
-            f"{ratio:>9}{err}"
+            f"{mode:<30} {r['throughput_rps']:>8.1f} {num(r['latency_ms_p50'], '.2f'):>8} "
+            f"{num(r['latency_ms_p99'], '.2f'):>8} {num(r.get('vs_in_process'), '.2f'):>9} "
+            f"{num(r.get('vs_batching_off'), '.2f'):>6} {num(r.get('batch_mean'), '.2f'):>10} "
+            f"{num(r.get('batch_max'), 'd'):>4}{err}"
         )
     return "\n".join(lines)
