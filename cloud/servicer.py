@@ -291,8 +291,9 @@ class SplitInferenceServicer:
                     # moment later by cancelling this task (CancelledError below).
                     await asyncio.sleep(CANCEL_GRACE_S)
                     failure = RequestFailed(
-                        Status.INVALID_ARGUMENT, f"chunk stream ended after {got} of {total} announced bytes",
-                        "chunking",
+                        Status.INVALID_ARGUMENT,
+                        "chunk stream ended before its first chunk" if first
+                        else f"chunk stream ended after {got} of {total} announced bytes", "chunking",
                     )
             except asyncio.CancelledError:
                 chunks.clear()
