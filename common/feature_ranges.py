@@ -7,9 +7,10 @@ The rule here (`choose_range`), applied to features of training samples:
 * ``a`` = the ``q``-th percentile of ``|x|`` over all feature points of the group, rounded *up* to the
   1-2-5 series (..., 0.5, 1, 2, 5, 10, 20, 50, ...); ``q`` = 99.9 for the VTM column and 99 for the
   Hyperprior column (the paper's Hyperprior ranges are never wider than its VTM ones);
-* the range is ``[-a, a]``, symmetric and round like every truncated row of Table 4;
-* where ``[-a, a]`` holds the whole measured range (nothing to truncate), the range is the measured
-  ``[min, max]`` itself, rounded outward to 2 decimals, as the TTI row of Table 4.
+* the range is ``[-a, a]``, symmetric and round like every truncated row of Table 4, cut to the
+  measured ``[min, max]`` (rounded outward to 2 decimals) on a side where that lies inside: no
+  quantizer levels for values that do not occur. Where ``[-a, a]`` holds the whole measured range
+  (nothing to truncate) the range is the measured range itself, as the TTI row of Table 4.
 
 `splitfc feature-ranges` prints the measurement and the chosen ranges; docs/models.md shows them beside
 Table 4 and common/splits/*.py holds the ``small`` preset's ranges.
@@ -49,10 +50,8 @@ def choose_range(abs_percentile: float, low: float, high: float) -> Range:
     if not high >= low:
         raise ValueError(f"measured range [{low}, {high}] is empty")
     a = nice_ceiling(max(abs_percentile, 1e-6))
-    if -a <= low and high <= a:
-        lo, hi = math.floor(low * 100) / 100, math.ceil(high * 100) / 100
-        return (lo, hi) if hi > lo else (lo, lo + 0.01)
-    return (-a, a)
+    lo, hi = max(-a, math.floor(low * 100) / 100), min(a, math.ceil(high * 100) / 100)
+    return (lo, hi) if hi > lo else (lo, lo + 0.01)
 
 
 @dataclass(frozen=True)

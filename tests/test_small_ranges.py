@@ -32,6 +32,7 @@ def test_choose_range_truncates_symmetrically_or_keeps_the_measured_range() -> N
     assert choose_range(3.2, -540.0, 94.0) == (-5.0, 5.0)  # massive outliers: [-a, a]
     assert choose_range(3.9, -4.47, 3.01) == (-4.47, 3.01)  # [-5, 5] holds it all: the measured range
     assert choose_range(4.2, -4.791, 4.461) == (-4.8, 4.47)  # rounded outward
+    assert choose_range(4.2, -26.4, 3.001) == (-5.0, 3.01)  # truncated below, the measured maximum above
     with pytest.raises(ValueError):
         choose_range(1.0, 2.0, 1.0)
 
@@ -154,13 +155,32 @@ def test_feature_ranges_command_measures_a_folder(tmp_path: Path, capsys) -> Non
     assert main(["feature-ranges", "--split", "dinov2-cls", "--features", str(tmp_path), "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     expected = measure_ranges(arrays, get_split("dinov2-cls"))[0]
-    assert result["groups"][0]["vtm"] == list(expected.vtm) == [-5.0, 5.0]
+    high = np.ceil(max(a.max() for a in arrays) * 100) / 100  # normal(0, 1): below 5
+    assert result["groups"][0]["vtm"] == list(expected.vtm) == [-5.0, high]
     assert result["groups"][0]["low"] == -500.0
     assert result["paper_table4"]["vtm"] == [[-20.0, 20.0]]
-    assert "[-5, 5]" in capsys.readouterr().out
+    assert f"[-5, {high:g}]" in capsys.readouterr().out
 
 
 def test_feature_ranges_command_bad_folder_is_one_line(tmp_path: Path, capsys) -> None:
     assert main(["feature-ranges", "--split", "dinov2-cls", "--features", str(tmp_path / "none")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "features folder not found" in err[0]
+
+
+@pytest.mark.parametrize("split", ["dinov2-cls", "dinov2-seg", "dinov2-dpt", "llama3-csr", "sd3-tti"])
+def test_small_ranges_have_the_rule_s_form(split: str) -> None:
+    """Each small range is [-a, a] with a on the 1-2-5 series, or the measured range rounded outward."""
+    small = get_split(split, "small")
+    assert small is not SPLITS[split] and small.truncation != SPLITS[split].truncation
+    measured = small.original_range
+    for column in (VTM, HYP):
+        ranges = small.ranges(column)
+        assert len(ranges) == len(measured)
+        for (low, high), (m_low, m_high) in zip(ranges, measured, strict=True):
+            for bound, edge in ((-low, -m_low), (high, m_high)):
+                # a 1-2-5 value that cuts the measured range, or the measured edge rounded outward
+                cuts = nice_ceiling(bound) == bound and bound < edge
+                assert cuts or 0 <= bound - edge <= 0.011, (column, bound, edge)
+    for (vl, vh), (hl, hh) in zip(small.ranges(VTM), small.ranges(HYP), strict=True):
+        assert vl <= hl and hh <= vh  # Hyperprior (p99) never wider than VTM (p99.9)

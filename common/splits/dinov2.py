@@ -23,6 +23,13 @@ register_split(
         original_range=((-542.30, 94.14),),
         group_axis=None,
         head="norm + linear on [CLS, mean of patch tokens]",
+        # small preset: measured by `splitfc feature-ranges --split dinov2-cls --preset small --samples 16`,
+        # ranges by the rule of splitfc.common.feature_ranges (docs/models.md)
+        preset_truncation={"small": {
+            TruncationColumn.VTM: ((-26.41, 7.6),),
+            TruncationColumn.HYPERPRIOR: ((-10.0, 7.6),),
+        }},
+        preset_original_range={"small": ((-26.40, 7.59),)},
     )
 )
 
@@ -42,6 +49,13 @@ register_split(
         original_range=((-506.97, 105.95),),
         group_axis=None,
         head="norm + linear per patch token, upsampled",
+        # small preset: measured by `splitfc feature-ranges --split dinov2-seg --preset small --samples 16`,
+        # ranges by the rule of splitfc.common.feature_ranges (docs/models.md)
+        preset_truncation={"small": {
+            TruncationColumn.VTM: ((-33.84, 11.23),),
+            TruncationColumn.HYPERPRIOR: ((-10.0, 10.0),),
+        }},
+        preset_original_range={"small": ((-33.84, 11.22),)},
     )
 )
 
@@ -61,5 +75,12 @@ register_split(
         original_range=((-2.38, 3.27), (-26.44, 5.03), (-323.30, 25.05), (-504.43, 100.27)),
         group_axis=1,
         head="linear4 over the four layers (depth by bins)",
+        # small preset: measured by `splitfc feature-ranges --split dinov2-dpt --preset small --samples 16`,
+        # ranges by the rule of splitfc.common.feature_ranges (docs/models.md)
+        preset_truncation={"small": {
+            TruncationColumn.VTM: ((-0.47, 0.5), (-0.62, 1.0), (-1.41, 2.0), (-33.75, 10.7)),
+            TruncationColumn.HYPERPRIOR: ((-0.2, 0.2), (-0.5, 0.5), (-1.0, 1.0), (-10.0, 10.0)),
+        }},
+        preset_original_range={"small": ((-0.46, 1.80), (-0.61, 1.67), (-1.41, 5.25), (-33.74, 10.70))},
     )
 )

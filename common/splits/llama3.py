@@ -23,5 +23,12 @@ register_split(
         original_range=((-71.50, 47.75),),
         group_axis=None,
         head="final norm + LM head + softmax over answer letters",
+        # small preset: measured by `splitfc feature-ranges --split llama3-csr --preset small --samples 16`,
+        # ranges by the rule of splitfc.common.feature_ranges (docs/models.md)
+        preset_truncation={"small": {
+            TruncationColumn.VTM: ((-500.0, 500.0),),
+            TruncationColumn.HYPERPRIOR: ((-200.0, 200.0),),
+        }},
+        preset_original_range={"small": ((-1097.03, 3924.50),)},
     )
 )

@@ -23,5 +23,12 @@ register_split(
         original_range=((-5.79, 4.46),),
         group_axis=None,
         head="VAE decoder",
+        # small preset: measured by `splitfc feature-ranges --split sd3-tti --preset small --samples 16`,
+        # ranges by the rule of splitfc.common.feature_ranges (docs/models.md)
+        preset_truncation={"small": {
+            TruncationColumn.VTM: ((-3.41, 3.18),),
+            TruncationColumn.HYPERPRIOR: ((-2.0, 2.0),),
+        }},
+        preset_original_range={"small": ((-3.40, 3.18),)},
     )
 )
