@@ -252,9 +252,14 @@ def _request_messages(data: bytes) -> str:
     return decode_outcome(bitstream if isinstance(bitstream, bytes) else bitstream.SerializeToString())
 
 
+FUZZ_MESSAGE_BYTES = 1 << 20
+"""The fuzz cloud's gRPC message limit (`rpc_calls` sends some messages over it)."""
+
+
 @cache
-def fuzz_cloud() -> tuple[Any, Any, Any]:
-    """A cloud on loopback for `rpc_calls` (started once, stopped at exit): (Infer, InferChunked, InferStream)."""
+def fuzz_cloud() -> tuple[Any, Any, Any, Any]:
+    """A cloud on loopback for `rpc_calls` (started once, stopped at exit): (Infer, InferChunked, InferStream,
+    its `ServerThread`)."""
     import atexit
 
     from _serving import ServerThread, cloud_settings, raw_calls
@@ -262,20 +267,33 @@ def fuzz_cloud() -> tuple[Any, Any, Any]:
     import splitfc.cloud.servicer as servicer
 
     servicer.CANCEL_GRACE_S = 0.02  # short uploads here are never cancelled ones: don't wait for it
-    server = ServerThread(cloud_settings(splits="dinov2-cls,llama3-csr", max_message_bytes=1 << 20,
+    server = ServerThread(cloud_settings(splits="dinov2-cls,llama3-csr", max_message_bytes=FUZZ_MESSAGE_BYTES,
                                          max_bitstream_bytes=4 << 20, upload_idle_seconds=5))
     server.start()
     atexit.register(server.stop)
-    return raw_calls(server.endpoints.grpc_target, 4 << 20)
+    return (*raw_calls(server.endpoints.grpc_target, 4 << 20), server)
+
+
+def _counted(server: Any) -> dict[str, float]:
+    """splitfc_cloud_requests_total by status, summed over splits and codecs."""
+    out: dict[str, float] = {}
+    for family in server.server.metrics.registry.collect():
+        for sample in family.samples:
+            if sample.name == "splitfc_cloud_requests_total":
+                status = sample.labels["status"]
+                out[status] = out.get(status, 0.0) + sample.value
+    return out
 
 
 def _rpc_call(call: tuple[str, list[bytes]]) -> str:
     """One call of ``method`` with ``messages``; its final status code (lower case), which must be one the
-    service means to give, and every InferStream answer a result or such an error."""
+    service means to give, and every InferStream answer a result or such an error. An Infer or InferChunked
+    call must be counted once by the cloud, with the status the client saw."""
     import grpc
 
-    infer, chunked, stream = fuzz_cloud()
+    infer, chunked, stream, server = fuzz_cloud()
     method, messages = call
+    before = _counted(server)
     try:
         if method == "Infer":
             infer(messages[0], timeout=HANG_SECONDS)
@@ -290,6 +308,13 @@ def _rpc_call(call: tuple[str, list[bytes]]) -> str:
         code, details = exc.code().name, exc.details() or ""
     assert code in RPC_CODES, f"{method} ended {code}: {details[:300]}"
     assert len(details) <= MAX_ERROR_CHARS
+    if method != "InferStream":  # (a stream counts each request it reads)
+        end = time.monotonic() + 2.0  # an over-limit message is answered by gRPC, counted a moment later
+        while sum(_counted(server).values()) == sum(before.values()) and time.monotonic() < end:
+            time.sleep(0.005)
+        after = _counted(server)
+        delta = {k: v - before.get(k, 0.0) for k, v in after.items() if v != before.get(k, 0.0)}
+        assert delta == {code: 1.0}, f"{method}: the client saw {code}, the cloud counted {delta}: {details[:200]}"
     return code.lower()
 
 
@@ -308,6 +333,11 @@ def rpc_calls(draw: st.DrawFn) -> tuple[str, list[bytes]]:
                                                                   data=data).SerializeToString(),
                       request_id, st.integers(0, (1 << 64) - 1), st.binary(max_size=1024))
     garbage = st.binary(max_size=64)
+    if draw(st.integers(0, 15)) == 0:  # one message over the gRPC limit (refused by gRPC core)
+        big = bytes(FUZZ_MESSAGE_BYTES + 16)
+        over = (svc.InferRequest(request_id="big", bitstream=big) if method != "InferChunked"
+                else svc.BitstreamChunk(request_id="big", total_bytes=len(big), data=big)).SerializeToString()
+        return method, [over]
     if method == "InferChunked" and draw(st.booleans()):
         chunks = [c.SerializeToString() for c in chunk_messages("f", draw(st.sampled_from(seeds)), 4096)]
         return method, mutate_list(chunks, draw(st.lists(st.tuples(st.sampled_from(["drop", "dup", "garbage"]),
