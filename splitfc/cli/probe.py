@@ -35,7 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="train on the first N training images (default: all 372 of the training fifth)")
     p.add_argument("--eval-samples", type=int, default=300, metavar="N",
                    help="score top-1 on the first N held-back images (default 300; 0 = none)")
-    p.add_argument("--weight-decay", type=float, help="L2 penalty on standardised inputs (default 1e-3)")
+    p.add_argument("--weight-decay", type=float,
+                   help="L2 penalty on standardised inputs (default: chosen among 1e-3, 1e-2, 0.1, 1 by 5-fold "
+                        "cross-validation on the training images)")
     p.add_argument("-o", "--output", type=Path, required=True, help="head file to write (.safetensors)")
     p.add_argument("--json", type=Path, help="also write the report as JSON here")
     p.set_defaults(func=cmd_train_probe)
@@ -86,8 +88,8 @@ def cmd_train_probe(args: argparse.Namespace) -> int:
         raise SplitfcError(f"train-probe trains the Cls head of {known}; got {spec.id} --preset {args.preset}")
     _positive(args.train_samples, "--train-samples")
     _positive(args.eval_samples, "--eval-samples", zero_ok=True)
-    decay = probe.WEIGHT_DECAY if args.weight_decay is None else args.weight_decay
-    if not decay >= 0:
+    decay = args.weight_decay
+    if decay is not None and not decay >= 0:
         raise SplitfcError(f"--weight-decay must be >= 0, got {args.weight_decay}")
     if args.output.suffix != ".safetensors":
         raise SplitfcError(f"--output must end in .safetensors, got {args.output}")
@@ -107,7 +109,9 @@ def cmd_train_probe(args: argparse.Namespace) -> int:
         "split_rule": "train: crc32(id) % 5 == 0 (splitfc.common.data.is_train_id); held back: the others",
         "train_samples": result.train_samples,
         "train_class_counts": [int(sum(s.target == c for s in train)) for c in range(len(TEXTILE_CLASSES))],
-        "weight_decay": decay,
+        "weight_decay": float(result.metadata["weight_decay"]),
+        "weight_decay_from": "--weight-decay" if decay is not None else "5-fold CV on the training images",
+        **({"cv_top1": json.loads(result.metadata["cv_top1"])} if "cv_top1" in result.metadata else {}),
         "train_top1": result.train_accuracy,
         "extract_seconds_per_image": result.extract_seconds / max(1, result.train_samples),
         "fit_seconds": result.fit_seconds,
@@ -121,8 +125,8 @@ def cmd_train_probe(args: argparse.Namespace) -> int:
         report["heldback_majority_top1"] = 100.0 * float(np.max(np.bincount(labels, minlength=3)) / len(labels))
     command = shlex.join(["splitfc", "train-probe", "--split", spec.id, "--preset", args.preset,
                           *(["--train-samples", str(args.train_samples)] if args.train_samples else []),
-                          "--eval-samples", str(args.eval_samples), "--weight-decay", f"{decay:g}",
-                          "-o", str(args.output)])
+                          "--eval-samples", str(args.eval_samples),
+                          *(["--weight-decay", f"{decay:g}"] if decay is not None else []), "-o", str(args.output)])
     report["command"] = command
     metadata = {k: (v if isinstance(v, str) else json.dumps(v)) for k, v in report.items()}
     probe.save_probe(result, args.output, metadata)
