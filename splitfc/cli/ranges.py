@@ -66,7 +66,7 @@ def cmd_feature_ranges(args: argparse.Namespace) -> int:
     rows = {
         "split": spec.id, "preset": args.preset, "source": source,
         "rule": f"[-a, a], a = p{VTM_PERCENTILE:g} (VTM) / p{HYPERPRIOR_PERCENTILE:g} (Hyperprior) of |x| "
-                "rounded up to 1-2-5; the measured [min, max] where [-a, a] holds it",
+                "rounded up to 1-2-5, cut to the measured [min, max] where that lies inside",
         "groups": [g.as_dict() for g in groups],
         "paper_table4": {
             "original": [list(r) for r in spec.original_range],
