@@ -256,3 +256,13 @@ def test_weight_decay_is_chosen_by_cross_validation_on_training_ids():
     best, scores = select_weight_decay(inputs, labels, 3, ids)
     assert best in WEIGHT_DECAYS and set(scores) == {f"{d:g}" for d in WEIGHT_DECAYS}
     assert scores[f"{best:g}"] == max(scores.values()) > 80.0
+
+
+def test_model_name_says_which_backbone(tmp_path, converted):
+    from types import SimpleNamespace
+
+    from splitfc.common.models.dinov2 import small_backbone_name
+
+    assert "fine-tuned for saliency" in small_backbone_name(SimpleNamespace(name_or_path=str(converted)))
+    real = small_backbone_name(SimpleNamespace(name_or_path=str(tmp_path)))  # a checkpoint folder, not converted
+    assert "saliency" not in real and str(tmp_path) in real

@@ -457,6 +457,16 @@ def small_backbone(source: str | os.PathLike | None = None) -> Any:
     return load_pretrained(Dinov2Model, SMALL_HUB_ID, path).eval()
 
 
+def small_backbone_name(backbone: Any) -> str:
+    """What the small backbone is: the converted ONNX backbone (fine-tuning caveat) or a real checkpoint."""
+    from splitfc.common.models.pretrained import COMPLETE_MARK
+
+    folder = Path(str(getattr(backbone, "name_or_path", "") or ""))
+    if not folder.is_dir() or (folder / COMPLETE_MARK).is_file():
+        return f"{SMALL_HUB_ID} ({SMALL_BACKBONE_NOTE})"
+    return f"{SMALL_HUB_ID} (checkpoint {folder})"
+
+
 def load_probe(path: Path | None = None) -> tuple[dict[str, Any], dict[str, str]]:
     """A Cls probe file (safetensors): tensors ``weight`` (classes, 2 x channels), ``bias`` (classes,)
     and its metadata (``classes``: comma-separated names, ...). Raises `SplitfcError` when unreadable."""
@@ -488,7 +498,7 @@ def small_cls_split(backbone: Any, classes: int, geometry: Geometry | None = Non
         task_head.linear.bias.zero_()
     spec = get_split("dinov2-cls")
     return Dinov2Split(spec, "small", backbone, task_head, geometry or GEOMETRY[("cls", "small")],
-                       model_name=f"{SMALL_HUB_ID} ({SMALL_BACKBONE_NOTE}) + untrained probe")
+                       model_name=f"{small_backbone_name(backbone)} + untrained probe")
 
 
 def probe_inputs(model: Dinov2Split, features: np.ndarray) -> np.ndarray:
@@ -522,7 +532,7 @@ def _build_small(
             torch.manual_seed(SMALL_SEED + {"seg": 2, "dpt": 3}[spec.task])
             task_head = _heads(dim, spec.task)
         what = f"seeded random {spec.task} head (no labeled data offline)"
-    name = f"{SMALL_HUB_ID} ({SMALL_BACKBONE_NOTE}) + {what}"
+    name = f"{small_backbone_name(backbone)} + {what}"
     return Dinov2Split(spec, "small", backbone, task_head, geometry, model_name=name)
 
 

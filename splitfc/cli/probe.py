@@ -98,12 +98,13 @@ def cmd_train_probe(args: argparse.Namespace) -> int:
     held = textile_images(args.eval_samples, keep=lambda i: not is_train_id(i)) if args.eval_samples else []
     if len({s.target for s in train}) < 2:
         raise SplitfcError(f"{len(train)} training images hold fewer than 2 classes; use more --train-samples")
-    model = family.small_cls_split(family.small_backbone(), len(TEXTILE_CLASSES))
+    backbone = family.small_backbone()
+    model = family.small_cls_split(backbone, len(TEXTILE_CLASSES))
     result = probe.train_probe(model, train, TEXTILE_CLASSES, decay, progress=_progress("train", len(train)))
     report: dict[str, Any] = {
         "split": spec.id,
         "preset": args.preset,
-        "backbone": f"{family.SMALL_HUB_ID} ({family.SMALL_BACKBONE_NOTE})",
+        "backbone": family.small_backbone_name(backbone),
         "dataset": probe.DATASET,
         "classes": list(TEXTILE_CLASSES),
         "split_rule": "train: crc32(id) % 5 == 0 (splitfc.common.data.is_train_id); held back: the others",
