@@ -52,6 +52,12 @@ def test_network_file_is_the_packaged_tf_inception(photo_features, tmp_path: Pat
     path = fid_module.packaged_network()
     assert path is not None and path.name == "default_1.pt"
     assert hashlib.sha1(path.read_bytes()).hexdigest() == fid_module.NETWORK_SHA1
+    net = fid_module.load_network(path.resolve())
+    modules = dict(net.named_modules())
+    assert {"net.layers.conv", "net.layers.mixed_10", "net.layers.pool2"} <= set(modules)  # TF graph's names
+    conv = dict(modules["net.layers.conv"].named_parameters())
+    assert set(conv) == {"weight", "beta", "mean", "var"}  # TF Inception's batch norm: no scale (gamma)
+    assert tuple(conv["weight"].shape) == (32, 3, 3, 3)
     fa, _ = photo_features
     assert fa.shape == (12, 2048) and fa.dtype == np.float64
     assert np.isfinite(fa).all() and fa.min() >= 0.0  # pool3: average of ReLU outputs
