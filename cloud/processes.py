@@ -338,6 +338,8 @@ class Supervisor:
                 on_start(Endpoints(s.host, grpc_port, http_port, policy.tls))
             while not stop.is_set():
                 self._read_status()
+                if stop.is_set():  # SIGINT reaches the engines too: one loading then exits, and is no failure
+                    break
                 self._check_engines()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), POLL_S)

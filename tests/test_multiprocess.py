@@ -212,3 +212,21 @@ def test_cli_refuses_oversubscription_in_one_line(tmp_path: Path) -> None:
     assert run.returncode != 0
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and "CPU-bound threads on" in lines[0] and "usable cores" in lines[0], run.stderr
+
+
+def test_an_engine_that_cannot_start_stops_the_server_with_its_error(tmp_path: Path) -> None:
+    """A failure before serving is not restarted (it would repeat): the supervisor exits with one line
+    naming the engine and its error. Here: the paper preset with an empty heads folder."""
+    empty = tmp_path / "no-heads"
+    empty.mkdir()
+    env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(tmp_path), HF_HUB_OFFLINE="1", SPLITFC_HF_DOWNLOADS="0",
+               SPLITFC_HEADS_DIR=str(empty))  # no DINOv2 head files, even where they are installed
+    run = subprocess.run(
+        [sys.executable, "-m", "splitfc", "cloud", "serve", "--grpc-port", "0", "--http-port", "0",
+         "--splits", SPLIT, "--preset", "paper", "--processes", "2", "--max-concurrency", "1"],
+        capture_output=True, text=True, timeout=START_S, env=env,
+    )
+    assert run.returncode != 0
+    error = [line for line in run.stderr.splitlines() if line.startswith("splitfc: error:")]
+    assert len(error) == 1 and "before it served:" in error[0] and "engine process" in error[0], run.stderr
+    assert "restarted" not in run.stderr
