@@ -46,7 +46,7 @@ def photo_features(photos) -> tuple[np.ndarray, np.ndarray]:
     return fid_module.inception_features(a), fid_module.inception_features(b)
 
 
-def test_network_file_is_the_packaged_tf_inception(photo_features, tmp_path: Path) -> None:
+def test_network_file_is_the_packaged_tf_inception(photos, photo_features, tmp_path: Path) -> None:
     import torch
 
     path = fid_module.packaged_network()
@@ -62,6 +62,10 @@ def test_network_file_is_the_packaged_tf_inception(photo_features, tmp_path: Pat
     assert fa.shape == (12, 2048) and fa.dtype == np.float64
     assert np.isfinite(fa).all() and fa.min() >= 0.0  # pool3: average of ReLU outputs
     assert np.std(fa, axis=0).mean() > 0.05  # photos differ in their features
+    with pytest.MonkeyPatch.context() as mp:  # an image alone, uncached: the same features as in its batch
+        mp.setattr(fid_module, "_FEATURES", OrderedDict())
+        alone = fid_module.inception_features(photos[0][3:4])[0]
+    np.testing.assert_allclose(alone, fa[3], rtol=1e-6, atol=1e-7)
 
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a network")
