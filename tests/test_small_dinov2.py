@@ -171,6 +171,7 @@ def test_feature_stats_reports_ranges_per_layer(capsys):
     for row in report["ranges"]:
         assert row["min"] <= row["q0.1"] <= row["q1"] <= row["q99"] <= row["q99.9"] <= row["max"]
     assert report["head_ms_median"] > 0 and report["tail_ms_median"] > 0
+    assert report["head_cpu_ms_median"] > 0 and report["torch_threads"] >= 1
 
 
 HELDBACK_IMAGES = 24

@@ -156,6 +156,21 @@ def _range_row(values: np.ndarray) -> dict[str, float]:
     return row
 
 
+def _torch_threads() -> int:
+    import torch
+
+    return int(torch.get_num_threads())
+
+
+def _load_average() -> float | None:
+    import os
+
+    try:
+        return float(os.getloadavg()[0])
+    except OSError:
+        return None
+
+
 def cmd_feature_stats(args: argparse.Namespace) -> int:
     from splitfc.common.models import build_split_model, check_preset
     from splitfc.common.specs import get_split
@@ -168,16 +183,18 @@ def cmd_feature_stats(args: argparse.Namespace) -> int:
         raise SplitfcError(f"no training samples for {spec.id}")
     model = build_split_model(spec.id, args.preset)
     model.tail(model.head(samples[0].inputs))  # warm-up, not timed
-    feats, head_s, tail_s = [], [], []
+    feats, head_s, tail_s, head_cpu, tail_cpu = [], [], [], [], []
     for sample in samples:
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         f = model.head(sample.inputs)
-        t1 = time.perf_counter()
+        c1, t1 = time.process_time(), time.perf_counter()
         model.tail(f)
-        t2 = time.perf_counter()
+        c2, t2 = time.process_time(), time.perf_counter()
         feats.append(f)
         head_s.append(t1 - t0)
         tail_s.append(t2 - t1)
+        head_cpu.append(c1 - c0)
+        tail_cpu.append(c2 - c1)
     stacked = np.stack(feats)
     group = spec.group_axis
     if group is None:
@@ -198,6 +215,11 @@ def cmd_feature_stats(args: argparse.Namespace) -> int:
         "tail_ms_median": 1e3 * statistics.median(tail_s),
         "head_ms_mean": 1e3 * statistics.fmean(head_s),
         "tail_ms_mean": 1e3 * statistics.fmean(tail_s),
+        "head_cpu_ms_median": 1e3 * statistics.median(head_cpu),
+        "tail_cpu_ms_median": 1e3 * statistics.median(tail_cpu),
+        "cpu_note": "CPU time of the process over all its threads (wall time grows with the machine's load)",
+        "torch_threads": _torch_threads(),
+        "load_average_1min": _load_average(),
         "command": shlex.join(["splitfc", "feature-stats", "--split", spec.id, "--preset", args.preset,
                                "--samples", str(args.samples)]),
     }
