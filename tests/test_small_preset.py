@@ -202,3 +202,33 @@ def test_small_cls_samples_are_held_back_labeled_images() -> None:
     assert len(held) == len(train) == 6
     assert not any(is_train_id(s.id) for s in held) and all(is_train_id(s.id) for s in train)
     assert {s.target for s in held} <= set(range(len(TEXTILE_CLASSES)))
+
+
+@pytest.mark.slow
+def test_small_demo_scores_csr_and_cls_against_ground_truth(capsys, monkeypatch, tmp_path) -> None:
+    missing = models_pkg.missing_small_packages()
+    if missing:
+        pytest.skip(f"small extra absent: {', '.join(missing)} not installed")
+    import json
+
+    monkeypatch.setenv("SPLITFC_EDGE_CACHE_DIR", str(tmp_path / "refs"))
+    out_json = tmp_path / "demo.json"
+    assert main(["demo", "--splits", "dinov2-cls,llama3-csr", "--samples", "2", "--codec", "raw",
+                 "--json", str(out_json)]) == 0
+    out = capsys.readouterr()
+    assert "small preset unavailable" not in out.err
+    reports = {r["config"]["split"]: r for r in json.loads(out_json.read_text())}
+    for split in ("dinov2-cls", "llama3-csr"):
+        summary = reports[split]["summary"]
+        assert reports[split]["config"]["preset"] == "small"
+        assert summary["metric"]["reference"] == "ground truth" and summary["errors"] == 0
+        assert summary["agreement"]["value"] == 100.0  # raw is lossless: the tail sees the unsplit features
+    assert "HuggingFaceTB/SmolLM2-135M-Instruct" in out.out and "facebook/dinov2-small" in out.out
+
+
+def test_demo_samples_per_split() -> None:
+    from splitfc.cli import demo
+
+    assert demo.samples_for("llama3-csr", None, "small") == demo.samples_for("dinov2-cls", None, "small") == 16
+    assert demo.samples_for("dinov2-dpt", None, "small") == demo.samples_for("llama3-csr", None, "tiny") == 4
+    assert demo.samples_for("llama3-csr", 2, "small") == 2

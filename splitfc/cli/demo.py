@@ -13,6 +13,10 @@ from typing import Any
 from splitfc.common.models.base import PRESETS
 
 ORDER = 5
+DEFAULT_SAMPLES = 4
+GROUND_TRUTH_SAMPLES = 16
+"""Samples of the small preset's CSR (ARC answer key) and Cls (labels) splits by default: accuracy on 4 is
+too coarse to read; these two splits are also the cheapest to run."""
 DEFAULT_CODEC = "vvenc"
 DEFAULT_QP = 32
 
@@ -26,7 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--preset", choices=("auto", *PRESETS), default="auto",
                    help="auto (default): small when its packages are installed, else tiny; or a preset")
-    p.add_argument("--samples", type=int, default=4, help="samples per split (default 4)")
+    p.add_argument("--samples", type=int, help=f"samples per split (default {DEFAULT_SAMPLES}; small preset: "
+                   f"{GROUND_TRUTH_SAMPLES} for the splits scored against ground truth, CSR and Cls)")
     p.add_argument("--codec", help="codec for every split (default vvenc QP 32 if available, else raw)")
     p.add_argument("--qp", type=int, help="rate of --codec")
     p.add_argument("--splits", default="all", help="all, or comma-separated split ids")
@@ -66,6 +71,19 @@ def choose_preset(requested: str, splits: list[str]) -> tuple[str, str | None]:
         f"splitfc demo: small preset unavailable ({why}): running the tiny preset (random weights, "
         "metrics are agreement only)"
     )
+
+
+def samples_for(split: str, requested: int | None, preset: str) -> int:
+    """Samples of ``split``: ``requested``, else `GROUND_TRUTH_SAMPLES` for small CSR/Cls, else `DEFAULT_SAMPLES`."""
+    if requested is not None:
+        return requested
+    return GROUND_TRUTH_SAMPLES if preset == "small" and split in ("llama3-csr", "dinov2-cls") else DEFAULT_SAMPLES
+
+
+def samples_note(requested: int | None, preset: str) -> str:
+    if requested is not None or preset != "small":
+        return f"{samples_for('', requested, preset)} samples per split"
+    return f"{GROUND_TRUTH_SAMPLES} samples for llama3-csr and dinov2-cls, {DEFAULT_SAMPLES} for the others"
 
 
 def default_codec() -> tuple[str, int]:
@@ -125,7 +143,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from splitfc.edge.runner import EdgeRunConfig, run_edge
     from splitfc.edge.settings import EdgeSettings
 
-    if args.samples < 1 or args.concurrency < 1:
+    if (args.samples is not None and args.samples < 1) or args.concurrency < 1:
         raise SplitfcError("--samples and --concurrency must be >= 1")
     codec, qp = (args.codec, args.qp) if args.codec else default_codec()
     if qp is None:
@@ -147,13 +165,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(
             f"splitfc demo: cloud ready on {ep.grpc_target} (HTTP {ep.http_url}) "
             f"after {time.perf_counter() - t0:.1f} s; "
-            f"edge: {args.samples} samples per split, codec {codec}" + ("" if codec == "raw" else f" QP {qp}"),
+            f"edge: {samples_note(args.samples, preset)}, codec {codec}" + ("" if codec == "raw" else f" QP {qp}"),
             file=sys.stderr, flush=True,
         )
         edge_settings = EdgeSettings()
         for split in splits:
             config = EdgeRunConfig(
-                server=ep.grpc_target, split=split, codec=codec, qp=qp, samples=args.samples,
+                server=ep.grpc_target, split=split, codec=codec, qp=qp,
+                samples=samples_for(split, args.samples, preset),
                 preset=preset, concurrency=args.concurrency,
             )
             report = asyncio.run(run_edge(config, edge_settings, logger=edge_log))
