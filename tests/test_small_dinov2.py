@@ -238,6 +238,7 @@ def test_probe_command_on_a_subset(tmp_path, converted, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["train_samples"] == 9 and report["heldback_samples"] == 3
     assert sum(report["train_class_counts"]) == 9 and report["train_top1"] >= 50.0
+    assert set(report["heldback_per_class_top1"]) == {"global", "local", "nominal"}
     tensors, meta = load_probe(out)
     assert tuple(tensors["weight"].shape) == (3, 768) and tuple(tensors["bias"].shape) == (3,)
     assert json.loads(meta["train_samples"]) == 9 and "--train-samples 9" in meta["command"]

@@ -124,6 +124,10 @@ def cmd_train_probe(args: argparse.Namespace) -> int:
         report["heldback_samples"] = len(held)
         report["heldback_top1"] = 100.0 * float(np.mean(predicted == labels))
         report["heldback_majority_top1"] = 100.0 * float(np.max(np.bincount(labels, minlength=3)) / len(labels))
+        report["heldback_per_class_top1"] = {
+            name: (100.0 * float(np.mean(predicted[labels == c] == c)) if np.any(labels == c) else None)
+            for c, name in enumerate(TEXTILE_CLASSES)
+        }
     command = shlex.join(["splitfc", "train-probe", "--split", spec.id, "--preset", args.preset,
                           *(["--train-samples", str(args.train_samples)] if args.train_samples else []),
                           "--eval-samples", str(args.eval_samples),
