@@ -359,6 +359,9 @@ class SplitInferenceServicer:
         deadline = _deadline(context)
         client = current_client.get()
         ended: list[RequestFailed] = []
+        # Headers now, not with the first answer: a write that carries them could not be timed out (and,
+        # left pending, made gRPC's status batch fail with GRPC_CALL_ERROR_TOO_MANY_OPERATIONS).
+        await context.send_initial_metadata(())
 
         async def one(raw: bytes, t_start: float) -> None:
             request_id, payload, failure = parse_request(raw)

@@ -22,12 +22,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import grpc
+import numpy as np
 import pytest
 from _serving import ServerThread, cloud_settings, raw_bitstream, raw_calls, wait_until
 
 from splitfc.cloud.admission import ByteBudget
 from splitfc.cloud.settings import CloudSettings
 from splitfc.common.errors import SplitfcError
+from splitfc.common.models.base import SplitModel, TaskOutput
 from splitfc.edge.client import chunk_messages
 from splitfc.v1 import service_pb2 as svc
 
@@ -337,3 +339,55 @@ def test_an_infer_cancelled_before_its_message_is_counted_cancelled(small: Serve
     code, details = _code(lambda: infer(iter([]), timeout=15))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "without a request message" in details
     channel.close()
+
+
+class _BigAnswers(SplitModel):
+    """The tiny Dpt model with 4 MiB answers (1024 x 1024 float32 depth): its first answer's write waits."""
+
+    def __init__(self, inner: SplitModel) -> None:
+        self.inner, self.spec, self.preset = inner, inner.spec, inner.preset
+
+    def head(self, inputs: Any) -> Any:
+        return self.inner.head(inputs)
+
+    def tail(self, features: Any) -> TaskOutput:
+        return TaskOutput(task="dpt", depth=np.full((1024, 1024), 1.5, np.float32))
+
+    def forward_unsplit(self, inputs: Any) -> Any:
+        return self.inner.forward_unsplit(inputs)
+
+    def expected_shape(self) -> tuple[int | None, ...]:
+        return self.inner.expected_shape()
+
+
+def test_a_stream_whose_first_answer_is_never_read_ends_with_its_status() -> None:
+    """4 MiB answers, nothing read for 4 s, write timeout 1 s: the first write times out and the client,
+    once it reads, gets DEADLINE_EXCEEDED naming the timeout. Found attacking the running cloud: the first
+    answer carried the response headers, and such a write did not time out (nothing counted in 20 s; left
+    pending instead, gRPC's status batch then failed with GRPC_CALL_ERROR_TOO_MANY_OPERATIONS)."""
+    from splitfc.common.models import get_split_model
+
+    data, _ = raw_bitstream("dinov2-dpt")
+    hold = threading.Event()
+
+    def requests() -> Iterator[bytes]:
+        yield svc.InferRequest(request_id="r0", bitstream=data).SerializeToString()
+        hold.wait(30)
+
+    settings = cloud_settings(splits="dinov2-dpt", max_message_bytes=8 * MIB, stream_write_timeout_seconds=1,
+                              upload_idle_seconds=60, check_answer_sizes=False)
+    try:
+        with ServerThread(settings, model_loader=lambda s, p: _BigAnswers(get_split_model(s, p))) as server:
+            _, _, stream = raw_calls(server.endpoints.grpc_target, 8 * MIB)
+            answers = stream(requests(), timeout=30)
+            assert wait_until(lambda: limit(server, "stream_write") == 1, 20)
+            time.sleep(2)
+            t0 = time.monotonic()
+            with pytest.raises(grpc.RpcError) as info:
+                for answer in answers:
+                    assert answer.result.task == "dpt"
+            assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, info.value.details()
+            assert "stream_write_timeout_seconds" in (info.value.details() or "")
+            assert time.monotonic() - t0 < 10  # the status was there, not the client's own deadline
+    finally:
+        hold.set()
