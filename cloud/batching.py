@@ -1,18 +1,21 @@
 """Dynamic batching of the tail: decoded requests of one split that arrive close together run as one batch.
 
-Per split (and preset) the `TailBatcher` keeps the decoded requests waiting for their tail. A batch is
-handed to the worker pool as soon as one of these holds:
+Per split (and preset) the `TailBatcher` keeps the decoded requests waiting for their tail. It asks for a
+worker slot as soon as one of these holds:
 
-* it has ``max_batch_size`` requests;
-* no admitted request is still being decoded (nothing more can join soon: at concurrency 1 a request
-  never waits for company);
-* its first request has waited ``max_batch_delay_ms``.
+* ``max_batch_size`` requests wait;
+* no admitted request is still being decoded or queued (nothing more can join soon: at concurrency 1 a
+  request never waits for company);
+* the oldest has waited ``max_batch_delay_ms``.
 
-A batch takes one worker slot of the engine's `FairSlots` (ahead of queued requests: its requests are
-admitted and decoded already; a request holds a slot only while its decode runs), so worker threads stay
-``max_concurrency`` and admission, the queue bound and RESOURCE_EXHAUSTED work as without batching.
-A batch runs ``SplitModel.tail_batch`` on groups of equal feature shape (one group for models whose
-``tail_batch_mixed_shapes`` is set, e.g. CSR, whose tail reads only the last token), each equal bit for bit
+The batch is taken when the slot is granted: requests decoded while it was awaited join (up to
+``max_batch_size``), so under load batches grow to what the wait for a thread allows. A batch takes one
+worker slot of the engine's `FairSlots`, ahead of queued requests (its requests are admitted and decoded
+already; a request holds a slot only while its decode runs), so worker threads stay ``max_concurrency``
+and admission, the queue bound and RESOURCE_EXHAUSTED work as without batching.
+
+A batch runs ``SplitModel.tail_batch`` on requests of one feature shape (any shapes for models whose
+``tail_batch_mixed_shapes`` is set, e.g. CSR, whose tail reads only the last token), equal bit for bit
 to ``tail`` per request (``tests/test_batching.py``). Requests whose caller is gone or whose deadline
 passed while they waited are dropped before the batch runs (not run; the engine answers them
 DEADLINE_EXCEEDED or CANCELLED). If a batched tail raises, its requests are run one by one, so one bad
@@ -55,7 +58,7 @@ class TailRequest:
     answer: asyncio.Future[Any]
     """Resolved (event loop) with ``(TaskResult, tail seconds, batch size)`` or a `RequestFailed`."""
     tail_started: asyncio.Future[None]
-    """Resolved when the batch holding this request starts running in a worker thread."""
+    """Resolved when the batch holding this request is handed to a worker thread (or it left the batcher)."""
     added: float = field(default_factory=time.monotonic)
 
     def shape(self) -> tuple[int, ...]:
@@ -92,6 +95,8 @@ class TailBatcher:
         self.pending: dict[BatchKey, list[TailRequest]] = {}
         self._timers: dict[BatchKey, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._asking: set[BatchKey] = set()
+        """Keys with a dispatch waiting for a worker slot (one at a time per key)."""
         self.holding = 0
         """Worker slots held by batches now."""
 
@@ -101,70 +106,101 @@ class TailBatcher:
 
     # -- the event loop side ------------------------------------------------------------------
     def add(self, key: BatchKey, req: TailRequest) -> None:
-        """Queue a decoded request for its tail; dispatches at once when the batch is due."""
-        queue = self.pending.setdefault(key, [])
-        queue.append(req)
-        if len(queue) >= self.max_batch_size or self.requests_in_flight() == 0:
-            self.flush(key)
-        elif key not in self._timers:
-            self._timers[key] = asyncio.get_running_loop().call_later(self.max_delay_s, self.flush, key)
+        """Queue a decoded request for its tail; asks for a worker slot once the batch is due."""
+        self.pending.setdefault(key, []).append(req)
+        self._maybe_dispatch(key)
 
     def poke(self) -> None:
         """A decode ended without joining a batch: dispatch what waits if nothing comes any more."""
-        if self.requests_in_flight() == 0:
-            for key in list(self.pending):
-                self.flush(key)
+        for key in list(self.pending):
+            self._maybe_dispatch(key)
 
-    def flush(self, key: BatchKey) -> None:
-        """Hand the waiting requests of ``key`` to the pool, in groups the model's ``tail_batch`` takes."""
-        timer = self._timers.pop(key, None)
-        if timer is not None:
-            timer.cancel()
-        queue = self.pending.pop(key, [])
-        live = []
+    def _due(self, key: BatchKey) -> bool:
+        queue = self.pending[key]
+        return (len(queue) >= self.max_batch_size or self.requests_in_flight() == 0
+                or time.monotonic() - queue[0].added >= self.max_delay_s)
+
+    def _maybe_dispatch(self, key: BatchKey) -> None:
+        if not self.pending.get(key) or key in self._asking:
+            return
+        if self._due(key):
+            timer = self._timers.pop(key, None)
+            if timer is not None:
+                timer.cancel()
+            self._asking.add(key)
+            task = asyncio.get_running_loop().create_task(self._dispatch(key))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        elif key not in self._timers:
+            wait = self.pending[key][0].added + self.max_delay_s - time.monotonic()
+            self._timers[key] = asyncio.get_running_loop().call_later(max(0.0, wait), self._expired, key)
+
+    def _expired(self, key: BatchKey) -> None:
+        self._timers.pop(key, None)
+        self._maybe_dispatch(key)
+
+    def _take(self, key: BatchKey) -> list[TailRequest]:
+        """The next batch of ``key``: live requests of the first one's shape (any shape if the model takes
+        mixed shapes), oldest first, at most ``max_batch_size`` and, while other worker slots are free, only
+        this slot's share (the rest goes to the idle threads: a batch runs on one thread, and ``tail_batch``
+        of a heavy tail costs what its requests cost one by one). Requests stopped meanwhile are answered."""
+        queue, group, rest = self.pending.pop(key, []), [], []
         for req in queue:
             if req.stop.reason() is not None or req.answer.done():
                 self._finish(req, req.stop.failure("while waiting for its batch; not run"))
             else:
-                live.append(req)
-        if not live:
-            return
-        groups: dict[tuple[int, ...], list[TailRequest]] = {}
-        mixed = live[0].model.tail_batch_mixed_shapes
-        for req in live:
-            groups.setdefault(() if mixed else req.shape(), []).append(req)
-        for group in groups.values():
-            task = asyncio.get_running_loop().create_task(self._run_group(key[0], group))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+                rest.append(req)
+        queue, rest = rest, []
+        share = min(self.max_batch_size, -(-len(queue) // (1 + max(0, self.slots.free))))
+        for req in queue:
+            if len(group) < share and (
+                not group or req.model.tail_batch_mixed_shapes or req.shape() == group[0].shape()
+            ):
+                group.append(req)
+            else:
+                rest.append(req)
+        if rest:
+            self.pending[key] = rest
+        return group
 
-    async def _run_group(self, split: str, group: list[TailRequest]) -> None:
-        """Take a worker slot (ahead of queued requests), run the group's tail in the pool, answer."""
-        # The batch runs as its first request's client: fair scheduling counts the slot against it, as
-        # when that request held a slot for its decode and tail without batching.
-        client = group[0].rec.client
+    async def _dispatch(self, key: BatchKey) -> None:
+        """Take a worker slot (ahead of queued requests), then the batch: requests decoded while the
+        slot was awaited join it (up to ``max_batch_size``); run its tail in the pool and answer."""
+        # The slot is counted against the oldest request's client, as when that request held a slot for
+        # its decode and tail without batching.
+        client = self.pending[key][0].rec.client
         try:
             await self.slots.acquire_first(client)
         except asyncio.CancelledError:
-            for req in group:
+            self._asking.discard(key)
+            for req in self.pending.pop(key, []):
                 self._finish(req, RequestFailed(Status.UNAVAILABLE, "server is shutting down"))
             raise
+        self._asking.discard(key)
+        group = self._take(key)
+        self._maybe_dispatch(key)  # what is left may be due already (another shape, past max_batch_size)
+        if not group:
+            self.slots.release(client)
+            return
         self.holding += 1
         loop = asyncio.get_running_loop()
         try:
-            cfut = self.executor.submit(self.run_batch, split, group, loop)
+            cfut = self.executor.submit(self.run_batch, key[0], group)
         except RuntimeError:
             self.holding -= 1
             self.slots.release(client)
             for req in group:
                 self._finish(req, RequestFailed(Status.UNAVAILABLE, "server is shutting down"))
             return
+        for req in group:  # the slot is a thread: the batch starts now
+            resolve(req.tail_started, None)
         # the slot is given back when the thread returns, even if every caller left (the CPU bound holds)
         cfut.add_done_callback(lambda f: loop.call_soon_threadsafe(self._batch_done, client, group, f))
 
     def _batch_done(self, client: str, group: list[TailRequest], cfut: Any) -> None:
         self.holding -= 1
         self.slots.release(client)
+        self.poke()
         if cfut.cancelled():
             outcomes: list[Any] = [RequestFailed(Status.UNAVAILABLE, "server is shutting down")] * len(group)
         else:
@@ -175,11 +211,11 @@ class TailBatcher:
     @staticmethod
     def _finish(req: TailRequest, outcome: Any) -> None:
         req.features = None
-        if not req.answer.done():
-            req.answer.set_result(outcome)
+        resolve(req.answer, outcome)
+        resolve(req.tail_started, None)
 
     # -- the worker thread side ---------------------------------------------------------------
-    def run_batch(self, split: str, group: list[TailRequest], loop: asyncio.AbstractEventLoop) -> list[Any]:
+    def run_batch(self, split: str, group: list[TailRequest]) -> list[Any]:
         """Run one batch's tail (worker thread): per request ``(TaskResult, tail s, batch size)`` or a
         `RequestFailed`; never raises. Requests stopped since the dispatch are not run."""
         outcomes: list[Any] = [None] * len(group)
@@ -189,7 +225,6 @@ class TailBatcher:
                 outcomes[i] = req.stop.failure("while waiting for its batch; not run")
             else:
                 run.append(i)
-                loop.call_soon_threadsafe(_resolve, req.tail_started)
         if not run:
             return outcomes
         model = group[run[0]].model
@@ -217,6 +252,7 @@ class TailBatcher:
             return RequestFailed(Status.INTERNAL, f"tail of {split} failed: {type(exc).__name__}: {exc}")
 
 
-def _resolve(fut: asyncio.Future[None]) -> None:
+def resolve(fut: asyncio.Future[Any], value: Any) -> None:
+    """Set ``fut``'s result unless it is done (or cancelled) already."""
     if not fut.done():
-        fut.set_result(None)
+        fut.set_result(value)

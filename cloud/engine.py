@@ -31,7 +31,7 @@ import numpy as np
 
 from splitfc.cloud import request as req
 from splitfc.cloud.admission import ByteBudget, FairSlots
-from splitfc.cloud.batching import TailBatcher, TailRequest, batch_counter
+from splitfc.cloud.batching import TailBatcher, TailRequest, batch_counter, resolve
 from splitfc.cloud.errors import RequestFailed, Status
 from splitfc.cloud.metrics import CloudMetrics, codec_label, split_label
 from splitfc.cloud.request import Bitstream, InferOutcome, Payload, RequestRecord, WorkStop, request_id_problem
@@ -252,12 +252,9 @@ class InferenceEngine:
         return result, decode_s, time.perf_counter() - t1
 
     def _decode_outcome(
-        self, payload: Payload, rec: RequestRecord, stop: WorkStop, started: asyncio.Future[None],
+        self, payload: Payload, rec: RequestRecord, stop: WorkStop,
     ) -> tuple[str, SplitModel, np.ndarray, float] | RequestFailed:
-        """`decode` for the thread pool (batching): tells ``started`` when the thread takes it up; a failure
-        is returned `detached`, as in `_work_outcome`."""
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(lambda: started.done() or started.set_result(None))
+        """`decode` for the thread pool (batching); a failure is returned `detached`, as in `_work_outcome`."""
         data = payload.data
         if data is None:
             return RequestFailed(Status.CANCELLED, "request ended before its work started")
@@ -369,49 +366,42 @@ class InferenceEngine:
         """An admitted request with batching on: decode in the pool (its slot is given back when the
         thread returns, even if the caller gave up), then its tail in a batch (`TailBatcher`).
 
-        ``max_decode_seconds`` bounds the decode and the batch's tail, each from when a thread takes it
-        up; the deadline bounds every wait (for a thread, for the batch): a request whose deadline
-        passes before its batch runs is answered DEADLINE_EXCEEDED and not run."""
+        ``max_decode_seconds`` bounds the decode and the batch's tail, each from when it is handed to a
+        thread; the deadline bounds every wait: a request whose deadline passes before its batch runs is
+        answered DEADLINE_EXCEEDED and not run."""
         slots, loop, batcher = self._slots, self._loop, self.batcher
         assert slots is not None and loop is not None and batcher is not None
         client = rec.client
-        started: asyncio.Future[None] = loop.create_future()
+        decoded: asyncio.Future[None] = loop.create_future()
         tail_started: asyncio.Future[None] = loop.create_future()
         answer: asyncio.Future[Any] = loop.create_future()
-        decoded: asyncio.Future[None] = loop.create_future()
 
-        def on_decoded(cfut: Any) -> None:  # event loop, whether or not the caller still waits
-            decoded.set_result(None)
+        def after_decode(cfut: Any) -> None:  # event loop, whether or not the caller still waits
+            slots.release(client)
             outcome = RequestFailed(Status.UNAVAILABLE, "server is shutting down") if cfut.cancelled() \
                 else cfut.result()
             if isinstance(outcome, RequestFailed) or stop.reason() is not None or answer.done():
-                if not answer.done():
-                    answer.set_result(outcome if isinstance(outcome, RequestFailed)
-                                      else stop.failure("during decoding; tail skipped"))
+                resolve(answer, outcome if isinstance(outcome, RequestFailed)
+                        else stop.failure("during decoding; tail skipped"))
+                resolve(decoded, None)
+                resolve(tail_started, None)
                 batcher.poke()
                 return
+            resolve(decoded, None)
             split, model, features, decode_s = outcome
             rec.timings_ms["decode_ms"] = decode_s * 1e3
-            batcher.add((split, self.settings.preset),
-                        TailRequest(features, model, rec, stop, answer, tail_started))
+            batcher.add((split, self.settings.preset), TailRequest(features, model, rec, stop, answer, tail_started))
 
         try:
-            cfut = self._executor.submit(self._decode_outcome, payload, rec, stop, started)
+            cfut = self._executor.submit(self._decode_outcome, payload, rec, stop)
         except RuntimeError:
             slots.release(client)
             raise RequestFailed(Status.UNAVAILABLE, "server is shutting down") from None
-
-        def decode_done(f: Any) -> None:  # worker thread: the slot first, then the hand-over to the batcher
-            loop.call_soon_threadsafe(slots.release, client)
-            loop.call_soon_threadsafe(on_decoded, f)
-
-        cfut.add_done_callback(decode_done)
+        cfut.add_done_callback(lambda f: loop.call_soon_threadsafe(after_decode, f))
         del cfut
         limit = self.settings.max_decode_seconds
-        # (what to wait for, whether max_decode_seconds runs meanwhile, what the wait is)
-        phases = ((started, False, "while waiting for a worker thread; not started"),
-                  (decoded, True, "during decoding"),
-                  (tail_started, False, "while waiting for its batch; not run"),
+        # (what to wait for, whether max_decode_seconds runs meanwhile, where the request is)
+        phases = ((decoded, True, "during decoding"), (tail_started, False, "while waiting for its batch; not run"),
                   (answer, True, "during the tail"))
         try:
             for fut, timed, where in phases:
@@ -421,14 +411,15 @@ class InferenceEngine:
                 if stop.deadline is not None:
                     waits.append(stop.deadline - time.monotonic())
                 t_phase = time.perf_counter()
-                done, _ = await asyncio.wait((fut, answer), timeout=max(0.0, min(waits)) if waits else None,
-                                             return_when=asyncio.FIRST_COMPLETED)
-                if not done:
+                try:
+                    async with asyncio.timeout(max(0.0, min(waits)) if waits else None):
+                        await asyncio.shield(fut)
+                except TimeoutError:
                     if stop.reason() == "deadline exceeded":
                         stop.abandoned = "deadline exceeded"
-                        raise RequestFailed(Status.DEADLINE_EXCEEDED, f"deadline exceeded {where}")
+                        raise RequestFailed(Status.DEADLINE_EXCEEDED, f"deadline exceeded {where}") from None
                     stop.abandoned = "over max_decode_seconds"
-                    raise self._decode_time_exceeded(time.perf_counter() - t_phase)
+                    raise self._decode_time_exceeded(time.perf_counter() - t_phase) from None
         except asyncio.CancelledError:
             stop.abandoned = "cancelled"
             raise
