@@ -18,7 +18,7 @@ BYTES_BUCKETS = tuple(float(1 << k) for k in range(8, 31, 2))  # 256 B .. 1 GiB
 BPFP_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 LIMITS = (
     "message_bytes", "bitstream_bytes", "elements", "decode_time", "streams_per_client", "queue", "upload_bytes",
-    "upload_idle",
+    "upload_idle", "upload_bytes_per_client", "upload_rate", "upload_time", "stream_write", "answer_bytes",
 )
 """Label values of ``splitfc_cloud_limit_rejections_total``."""
 UNKNOWN = "unknown"
@@ -99,7 +99,8 @@ class CloudMetrics:
         self.limit_rejections = Counter(
             "splitfc_cloud_limit_rejections",
             "Requests refused by a limit: message_bytes, bitstream_bytes, elements, decode_time, "
-            "streams_per_client, queue, upload_bytes, upload_idle.",
+            "streams_per_client, queue, upload_bytes, upload_idle, upload_bytes_per_client, upload_rate, "
+            "upload_time, stream_write, answer_bytes.",
             ["limit"], registry=r,
         )
         for limit in LIMITS:
