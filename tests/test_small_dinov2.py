@@ -180,7 +180,8 @@ HELDBACK_IMAGES = 24
 PROBE_FLOOR = 55.0
 """Top-1 floor (percent) of the shipped probe on those images. Chance is 33%, the majority class 41.7%
 (a probe that ignores its inputs); `splitfc train-probe` measured 77.3% on the first 300 held-back images
-(majority 34.3%) and these 24 score 83.3% (20 right; the misses are local defects taken for nominal).
+(majority 34.3%), 81.3% on all 1,628 (majority 50.0%), and these 24 score 83.3% (20 right; the misses
+are local defects taken for nominal).
 At 77.3% a 24-image draw has 13 or fewer right (<= 54.2%) with binomial probability 1%: the floor
 leaves that margin and still fails a probe with wrong pooling, permuted classes or no training."""
 

@@ -11,6 +11,11 @@ Data: conformal-clip-data 0.1.4's simulated textile images (`splitfc.common.data
 3 classes: global defect, local defect, nominal). Fixed split: the images whose id
 ``textile-<class>-<number>`` hashes into the training fifth (`splitfc.common.data.is_train_id`,
 ``crc32(id) % 5 == 0``: 372 images) train the probe; the other 1,628 are held back.
+
+Measured (``SPLITFC_TORCH_THREADS=1 splitfc train-probe --split dinov2-cls --preset small
+--eval-samples 1628 -o probe.safetensors``; its head equals the shipped one bit for bit): CV top-1
+79.3/79.8/79.0/78.0% for weight decay 1e-3/1e-2/0.1/1 (1e-2 chosen), train 96.8%, held back
+81.3% top-1 on all 1,628 held-back images (majority class 50.0%, chance 33%).
 """
 
 from __future__ import annotations
