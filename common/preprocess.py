@@ -21,6 +21,7 @@ import numpy as np
 
 from splitfc.common.errors import HeaderError, ShapeError
 from splitfc.common.specs import Packing, Range, SplitSpec
+from splitfc.common.untrusted import quote
 from splitfc.v1 import bitstream_pb2 as pb
 
 DEFAULT_BIT_DEPTH = 10
@@ -223,7 +224,7 @@ class FrameInfo:
         """
         if pre.packing != spec.packing.value:
             raise HeaderError(
-                f"packing {pre.packing[:32]!r} does not match split {spec.id} ({spec.packing.value})"
+                f"packing {quote(pre.packing)} does not match split {spec.id} ({spec.packing.value})"
             )
         expected = packed_shape(shape, spec.packing)
         if (pre.frame_height, pre.frame_width) != expected:
