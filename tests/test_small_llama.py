@@ -94,15 +94,18 @@ def test_converted_weights_are_the_gguf_dequantization(small):
     assert small.model.lm_head.weight.data_ptr() == small.model.model.embed_tokens.weight.data_ptr()
 
 
-def test_answer_letters_are_the_tokens_after_answer(small):
-    from splitfc.common.models.llama3 import LETTERS, format_prompt
+def test_answer_letters_are_the_assistants_first_token(small):
+    from splitfc.common.models.llama3 import CHAT_INSTRUCTION, LETTERS, format_chat_prompt
 
-    prompt = format_prompt(QUESTION)
-    base = small.tokenizer.encode(prompt)
-    assert len(set(small.letter_ids)) == len(LETTERS)
+    prompt = format_chat_prompt(QUESTION, small.tokenizer)
+    assert prompt.endswith(f"{CHAT_INSTRUCTION}<|im_end|>\n<|im_start|>assistant\n")
+    assert "A. oxygen\nB. carbon dioxide\nC. nitrogen\nD. helium\n" in prompt
+    base = small.tokenizer.encode(prompt, add_special_tokens=False)
+    assert small.tokenize(QUESTION)[0].tolist() == base
+    assert small.chat and len(set(small.letter_ids)) == len(LETTERS)
     for letter, token in zip(LETTERS, small.letter_ids, strict=True):
-        assert small.tokenizer.decode([token]) == f" {letter}"
-        assert small.tokenizer.encode(f"{prompt} {letter}") == [*base, token]
+        assert small.tokenizer.decode([token]) == letter
+        assert small.tokenizer.encode(prompt + letter, add_special_tokens=False) == [*base, token]
 
 
 def test_split_equals_unsplit(small):
@@ -201,3 +204,37 @@ def test_reader_fails_clearly_on_corrupt_files(tmp_path):
     good = _write_stream(tmp_path / "good.arrow", pa.Table.from_pylist([record("2", ["1", "2"], ["x", "y"])]))
     [sample] = arc_arrow_samples(good)
     assert sample.target == 1 and sample.inputs.labels == ("A", "B")
+
+
+# --------------------------------------------------------------------------------------------
+# zero-shot accuracy against the answer key
+
+ACCURACY_QUESTIONS = 100
+"""The first 100 ARC-Challenge validation questions (file order)."""
+ACCURACY_FLOOR = 28.0
+"""Percent against the answer key, through head -> tail and the CSR metric (chance 25%).
+
+Measured 31% (answers A/B/C/D 17/67/14/2 times). The floor sits above what plausible plumbing bugs
+score on the same logits: answer indices off by one 26% / 21%, the logits of the next letter 26%,
+the spaced letters " A".. after the chat prompt 22%, the plain `format_prompt` 23% (A every time).
+The score is deterministic (same weights, same data); 3 questions of slack cover top-two letters
+within float rounding on another BLAS (the closest margin measured: 0.002 logits).
+This guards the plumbing, not the model's reasoning: 31% of 100 is not significantly above chance
+(binomial P(X >= 31 | p = 0.25) = 0.10) and below always answering D (32 of these keys):
+SmolLM2-135M answers letter-format ARC-Challenge at about chance level."""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_zero_shot_accuracy_above_chance(small):
+    from splitfc.common.datasets.arc import arc_challenge_validation
+    from splitfc.common.metrics import score_outputs
+
+    samples = arc_challenge_validation(n=ACCURACY_QUESTIONS)
+    outputs = [small.tail(small.head(s.inputs)) for s in samples]
+    truth = score_outputs("llama3-csr", outputs, [s.target for s in samples])
+    assert truth["reference"] == "ground truth" and truth["samples"] == ACCURACY_QUESTIONS
+    assert truth["value"] >= ACCURACY_FLOOR, truth
+    unsplit = [small.forward_unsplit(s.inputs) for s in samples[:10]]
+    agreement = score_outputs("llama3-csr", outputs[:10], unsplit)
+    assert agreement["reference"] == "uncompressed pipeline" and agreement["value"] == 100.0

@@ -4,9 +4,11 @@
   ``"Question: ...\\nA. ...\\nB. ...\\nAnswer:"`` -> tokens (as the tokenizer adds special
   tokens: BOS first for ``tiny`` and Llama 3, none for SmolLM2) -> embeddings and all decoder
   layers -> the last layer's output ``(tokens, channels)``, before the final norm.
+  ``small`` (an instruct model) wraps the question and choices in its chat template instead
+  (`format_chat_prompt`) and the answer is the assistant's first token, a letter without a space.
 * ``tail``: final RMSNorm + LM head on the last token -> softmax over the logits of the
-  answer letters (`` A``, `` B``, ...). Without ``num_choices`` the letters are A-E (ARC's
-  largest choice count); ``label`` is the index of the most likely letter.
+  answer letters (`` A``, `` B``, ...; ``small``: ``A``, ``B``, ...). Without ``num_choices`` the
+  letters are A-E (ARC's largest choice count); ``label`` is the index of the most likely letter.
 
 Presets: ``tiny`` (seeded random weights), ``small`` (SmolLM2-135M-Instruct: Llama architecture,
 30 layers, hidden 576, Apache-2.0; resolved by `splitfc.common.models.pretrained`, offline from the
@@ -77,6 +79,26 @@ def format_prompt(question: MultipleChoice) -> str:
     return "\n".join(lines)
 
 
+CHAT_INSTRUCTION = "Answer with the letter of the correct choice."
+
+
+def format_chat_prompt(question: MultipleChoice, tokenizer: Any) -> str:
+    """The ``small`` (instruct) prompt: one user turn of question, lettered choices and
+    `CHAT_INSTRUCTION`, in the tokenizer's chat template, ending where the assistant's answer starts.
+
+    Zero-shot on the first 100 ARC-Challenge validation questions this scores 31% against the
+    answer key, the plain `format_prompt` with `` A``.. 23% (it answers A to every question).
+    """
+    lines = [f"Question: {question.question}"]
+    lines += [f"{letter}. {text}" for letter, text in zip(question.letters(), question.choices, strict=True)]
+    lines.append(CHAT_INSTRUCTION)
+    if not getattr(tokenizer, "chat_template", None):
+        raise SplitfcError("the small preset's tokenizer has no chat template (expected SmolLM2-Instruct's)")
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": "\n".join(lines)}], add_generation_prompt=True, tokenize=False
+    )
+
+
 def as_question(inputs: Any) -> MultipleChoice:
     """A `MultipleChoice` from itself or a dict with ``question`` and ``choices``."""
     if isinstance(inputs, MultipleChoice):
@@ -92,8 +114,12 @@ def as_question(inputs: Any) -> MultipleChoice:
 class Llama3Split(SplitModel):
     """Llama 3 cut after its last decoder layer, with the multiple-choice answer head."""
 
-    def __init__(self, spec: SplitSpec, preset: str, model: Any, tokenizer: Any, model_name: str = "") -> None:
+    def __init__(
+        self, spec: SplitSpec, preset: str, model: Any, tokenizer: Any, model_name: str = "", chat: bool = False
+    ) -> None:
+        """``chat``: prompt in the tokenizer's chat template, letters without a space (`format_chat_prompt`)."""
         setup_torch()
+        self.chat = chat
         self.spec = spec
         self.preset = preset
         self.model = model.eval()
@@ -112,11 +138,11 @@ class Llama3Split(SplitModel):
     def _letter_id(self, letter: str) -> int:
         """The token of `` <letter>`` (the answer after ``Answer:``); pretrained tokenizers must
         encode it as one token, else the letter's logit would be that of a fragment."""
-        ids = self.tokenizer.encode(f" {letter}", add_special_tokens=False)
+        ids = self.tokenizer.encode(letter if self.chat else f" {letter}", add_special_tokens=False)
         if not ids:
             raise SplitfcError(f"tokenizer cannot encode the answer letter {letter!r}")
         if self.preset != "tiny" and len(ids) != 1:
-            raise SplitfcError(f"tokenizer encodes the answer letter ' {letter}' as {len(ids)} tokens {ids}, not one")
+            raise SplitfcError(f"tokenizer encodes the answer letter {letter!r} as {len(ids)} tokens {ids}, not one")
         return int(ids[-1])
 
     def expected_shape(self) -> tuple[int | None, ...]:
@@ -126,6 +152,9 @@ class Llama3Split(SplitModel):
         question = as_question(inputs)
         if len(question.choices) > len(LETTERS):
             raise SplitfcError(f"at most {len(LETTERS)} choices, got {len(question.choices)}")
+        if self.chat:
+            text = format_chat_prompt(question, self.tokenizer)
+            return self.tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
         return self.tokenizer(format_prompt(question), return_tensors="pt").input_ids
 
     def _capture(self, _module: Any, _inputs: Any, output: Any) -> None:
@@ -276,7 +305,7 @@ def build(split_id: str, preset: str, source: str | os.PathLike | None = None) -
         folder = resolve_pretrained(SMALL_HUB_ID, source)
         tokenizer = load_pretrained(AutoTokenizer, SMALL_HUB_ID, folder)
         model = load_pretrained(LlamaForCausalLM, SMALL_HUB_ID, folder, dtype=torch_dtype())
-        return Llama3Split(spec, preset, model, tokenizer, model_name=small_model_name(folder))
+        return Llama3Split(spec, preset, model, tokenizer, model_name=small_model_name(folder), chat=True)
     tokenizer = load_pretrained(AutoTokenizer, HUB_ID, source)
     model = load_pretrained(LlamaForCausalLM, HUB_ID, source, dtype=torch_dtype())
     return Llama3Split(spec, preset, model, tokenizer)
