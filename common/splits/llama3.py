@@ -29,6 +29,6 @@ register_split(
             TruncationColumn.VTM: ((-500.0, 500.0),),
             TruncationColumn.HYPERPRIOR: ((-200.0, 200.0),),
         }},
-        preset_original_range={"small": ((-1097.03, 3924.50),)},
+        preset_original_range={"small": ((-1110.76, 4426.67),)},
     )
 )
