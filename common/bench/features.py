@@ -75,7 +75,8 @@ def read_feature_dir(root: Path, split_id: str, n: int) -> list[FeatureFile]:
 
 
 def extract_features(out_dir: Path, split_id: str, preset: str, n: int) -> list[FeatureFile]:
-    """Run the split model's head on ``n`` tiny samples; write ``<sample>.npy`` + manifest.json.
+    """Run the split model's head on ``n`` samples of ``preset`` (`task.samples`); write ``<sample>.npy``
+    + manifest.json (each file's entry keeps the sample's ground-truth ``target`` where it has one).
 
     Files already there from an earlier run of the same (split, preset) are reused
     unchanged, so a resumed benchmark sees the same feature hashes.
@@ -88,12 +89,12 @@ def extract_features(out_dir: Path, split_id: str, preset: str, n: int) -> list[
     models = models_identity()
     if (manifest.get("preset"), manifest.get("split"), manifest.get("models")) == (preset, split_id, models):
         known = {f["file"]: f for f in manifest.get("files", []) if isinstance(f, dict) and "file" in f}
-    if preset != "tiny":
+    if preset not in ("tiny", "small"):
         raise SplitfcError(
             f"the {preset} preset has no built-in samples here: extract features with the real data and pass "
             f"--features DIR"
         )
-    samples = task.samples(split_id, n)
+    samples = task.samples(split_id, n, preset)
     model = None
     result: list[FeatureFile] = []
     files: list[dict[str, Any]] = []
@@ -109,8 +110,20 @@ def extract_features(out_dir: Path, split_id: str, preset: str, n: int) -> list[
             np.save(buf, features, allow_pickle=False)
             atomic_write_bytes(path, buf.getvalue())
             entry = {"file": path.name, "id": str(sample.id), "shape": list(features.shape)}
+            if isinstance(sample.target, int | np.integer):
+                entry["target"] = int(sample.target)
         files.append(entry)
         result.append(FeatureFile(split_id, name, path, file_sha256(path)))
-    manifest = {"split": split_id, "preset": preset, "source": "built-in samples", "models": models, "files": files}
+    source = "built-in samples" if preset == "tiny" else f"{preset} preset samples (held back)"
+    manifest = {"split": split_id, "preset": preset, "source": source, "models": models, "files": files}
     atomic_write_bytes(folder / MANIFEST, json.dumps(manifest, indent=2).encode())
     return result
+
+
+def feature_targets(folder: Path) -> dict[str, int]:
+    """Ground-truth class/answer indices by sample name from a features folder's manifest (``{}`` if none)."""
+    targets: dict[str, int] = {}
+    for entry in _manifest(folder).get("files", []):
+        if isinstance(entry, dict) and isinstance(entry.get("target"), int) and isinstance(entry.get("file"), str):
+            targets[Path(entry["file"]).stem] = entry["target"]
+    return targets

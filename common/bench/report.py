@@ -33,7 +33,7 @@ ORIGINAL = "original"
 POINT_COLUMNS = (
     "split", "codec", "rate_name", "rate", "samples", "bpfp", "bpfp_pooled", "bpfp_with_header", "metric_name",
     "metric", "accuracy_drop", "feature_mse", "encode_ms", "decode_ms", "tail_ms", "peak_rss_mb", "peak_alloc_mb",
-    "payload_bytes_total",
+    "payload_bytes_total", "metric_vs_truth",
 )
 SAMPLE_COLUMNS = (
     "split", "codec", "rate", "sample", "bpfp", "bpfp_with_header", "payload_bits", "header_bytes", "feature_points",
@@ -67,6 +67,25 @@ def score_point(split: str, records: list[dict[str, Any]], refs: dict[str, Any],
     return task.score(split, outputs, references), per_sample
 
 
+def split_targets(config: BenchConfig, split: str) -> dict[str, int]:
+    """Ground truth by sample name for a split's features (``small`` CSR/Cls), from their manifest; else ``{}``."""
+    from splitfc.common.bench.features import feature_targets, find_feature_dir
+
+    folder = find_feature_dir(config.features_dir, split) if config.features_dir else config.output / "features" / split
+    return feature_targets(folder) if folder is not None else {}
+
+
+def score_vs_truth(split: str, records: list[dict[str, Any]], targets: dict[str, int],
+                   cache_: ResultCache) -> float | None:
+    """The task metric of a point against ground truth, when every sample of it has a target; else None."""
+    from splitfc.common.metrics import score_outputs
+
+    if not records or any(rec["sample"] not in targets for rec in records):
+        return None
+    outputs = [task.output_from_cache(rec["output"], cache_.load_arrays(rec)) for rec in records]
+    return float(score_outputs(split, outputs, [targets[rec["sample"]] for rec in records])["value"])
+
+
 def build_results(config: BenchConfig, cache_: ResultCache, jobs: list[PointJob], codecs: list[str],
                   summary: BenchSummary) -> dict[str, Any]:
     """Aggregate everything in the cache for ``jobs`` into one results dict."""
@@ -87,6 +106,7 @@ def build_results(config: BenchConfig, cache_: ResultCache, jobs: list[PointJob]
         ref_records = by_point.get((split, ORIGINAL, 0), [])
         refs = {r["sample"]: task.output_from_cache(r["output"], cache_.load_arrays(r)) for r in ref_records}
         original_metric = None
+        targets = split_targets(config, split)
         for codec in [ORIGINAL, *codecs]:
             for (s, c, rate), recs in by_point.items():
                 if s != split or c != codec:
@@ -103,6 +123,9 @@ def build_results(config: BenchConfig, cache_: ResultCache, jobs: list[PointJob]
                          "metric_name": name, "metric": metric, **aggregate_records(recs)}
                 if error is not None:
                     point["metric_error"] = error
+                if targets:
+                    # small CSR/Cls: the same outputs scored against the answer key / labels as well.
+                    point["metric_vs_truth"] = score_vs_truth(split, recs, targets, cache_)
                 if codec == ORIGINAL:
                     original_metric = metric
                 points.append(point)
@@ -239,11 +262,16 @@ def table3(results: dict[str, Any]) -> str:
     splits = results["config"]["splits"]
     codecs = [ORIGINAL, *results["config"]["codecs"]]
     by = {(p["split"], p["codec"], p["rate"]): p for p in results["points"]}
+    truth = {s for s in splits if any(p["split"] == s and p.get("metric_vs_truth") is not None
+                                       for p in results["points"])}
     head = ["Codec", "Rate"]
     for s in splits:
         label = _label(s)
         head += [f"{label} BPFP", f"{label} {results['metrics'][s]['name']}", f"{label} MSE"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (3 * len(splits))]
+        if s in truth:  # small CSR/Cls: the metric against the answer key / labels too
+            head.append(f"{label} {results['metrics'][s]['name']} vs truth")
+    columns = 3 * len(splits) + len(truth)
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * columns]
     for codec in codecs:
         for rate in _rates(results, codec):
             rate_label = "-" if codec == ORIGINAL else f"{_rate_name(codec)} {rate}"
@@ -252,6 +280,8 @@ def table3(results: dict[str, Any]) -> str:
                 p = by.get((s, codec, rate))
                 row += ["-", "-", "-"] if p is None else [
                     _fmt(p["bpfp"], "bpfp"), _fmt(p["metric"], "metric", p["metric_name"]), _fmt(p["feature_mse"])]
+                if s in truth:
+                    row.append("-" if p is None else _fmt(p.get("metric_vs_truth"), "metric", p["metric_name"]))
             lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 

@@ -32,11 +32,12 @@ def split_model(split_id: str, preset: str) -> SplitModel:
     return get_split_model(split_id, preset)
 
 
-def samples(split_id: str, n: int) -> list[Any]:
-    """``n`` task inputs of the tiny preset (offline, deterministic)."""
-    from splitfc.common.models import tiny_samples
+def samples(split_id: str, n: int, preset: str = "tiny") -> list[Any]:
+    """``n`` held-back samples of a preset's split (offline, deterministic; `preset_samples`):
+    ``small`` CSR/Cls carry ground truth in ``target`` (ARC answer index, textile class)."""
+    from splitfc.common.models import preset_samples
 
-    return list(tiny_samples(split_id, n))
+    return list(preset_samples(split_id, n, preset))
 
 
 def output_to_cache(out: TaskOutput) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
