@@ -58,6 +58,21 @@ def cli_settings() -> CliSettings:
     return CliSettings()
 
 
+class ClusterSettings(BaseSettings):
+    """``splitfc bench --executor dask`` (common/bench/executors.py)."""
+
+    model_config = SettingsConfigDict(env_prefix="SPLITFC_", extra="ignore")
+
+    dask_connect_timeout_s: float = 5.0
+    """Seconds the driver tries to reach the Dask scheduler before it stops with one line
+    (``SPLITFC_DASK_CONNECT_TIMEOUT_S``); checked before any point is computed."""
+
+
+def cluster_settings() -> ClusterSettings:
+    """The cluster settings, read at each call (not cached: a run reads them once)."""
+    return ClusterSettings()
+
+
 class ModelSettings(BaseSettings):
     """Where the ``paper`` preset finds checkpoints and heads, and how torch runs.
 

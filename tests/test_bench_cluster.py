@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -132,6 +134,74 @@ def test_worker_with_another_environment_is_refused(tmp_path: Path, cluster: Clu
     with pytest.raises(SplitfcError, match=r"worker tcp://127\.0\.0\.1:\d+ has another environment .*coding path"):
         run_bench(_config(tmp_path / "out", executor="dask", scheduler=address))
     assert not list((tmp_path / "out" / "cache" / "dinov2-cls").glob("hevc/**/*.json"))
+
+
+def _files(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.is_file()] if folder.exists() else []
+
+
+@pytest.mark.timeout(120)
+def test_unreachable_scheduler_fails_before_any_point(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from splitfc.cli import main
+
+    monkeypatch.setenv("SPLITFC_DASK_CONNECT_TIMEOUT_S", "2")
+    with socket.socket() as s:  # a loopback port nothing listens on once closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    out = tmp_path / "out"
+    start = time.monotonic()
+    with pytest.raises(SplitfcError, match=rf"cannot reach the dask scheduler at tcp://127\.0\.0\.1:{port} within 2 s"):
+        run_bench(_config(out, executor="dask", scheduler=address))
+    # Well under the former fixed 20 s connect timeout (which came after the references).
+    assert time.monotonic() - start < 20
+    assert _files(out / "cache") == []  # no reference (or other) point was computed first
+    code = main(["bench", "--executor", "dask", "--scheduler", address, "--splits", "dinov2-cls", "--codecs", "raw",
+                 "--samples", "1", "--no-plots", "-o", str(out)])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"splitfc: error: cannot reach the dask scheduler at {address}")
+    assert _files(out / "cache") == []
+
+
+@pytest.mark.timeout(180)
+def test_worker_that_does_not_see_the_results_folder_is_refused(tmp_path: Path, cluster: Cluster,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from splitfc.common.bench import executors
+
+    out = tmp_path / "out"
+    elsewhere = tmp_path / "elsewhere"  # the results folder on the "odd" worker's own file system
+    (elsewhere / "cache").mkdir(parents=True)
+    shared, own = str(out), str(elsewhere)
+
+    def read_on_own_disk(path: str, dask_worker: Any = None) -> str | None:  # client.run passes the worker
+        if dask_worker.name == "odd":
+            path = own + path[len(shared):]
+        try:
+            return Path(path).read_text()
+        except OSError:
+            return None
+
+    monkeypatch.setattr(executors, "read_token", read_on_own_disk)
+    address = cluster.scheduler()
+    cluster.worker("same")
+    cluster.worker("odd")
+    cluster.wait_for_workers(address, 2)
+    with pytest.raises(SplitfcError) as info:
+        run_bench(_config(out, executor="dask", scheduler=address))
+    message = str(info.value)
+    assert "\n" not in message
+    assert re.fullmatch(rf"worker tcp://127\.0\.0\.1:\d+ does not see the driver's results folder "
+                        rf"{re.escape(str(out / 'cache'))} "
+                        r"\(it cannot read the token file \.splitfc-shared-[0-9a-f]+\); "
+                        r"RESULTS_DIR must be on storage every worker sees at the same path", message), message
+    from distributed import Client
+
+    with Client(address, timeout="30s") as client:
+        odd = [a for a, info_ in client.scheduler_info()["workers"].items() if info_["name"] == "odd"]
+    assert odd and message.startswith(f"worker {odd[0]} ")  # the odd worker, by address
+    assert _files(out / "cache") == [] and _files(elsewhere) == []  # nothing written, token removed
 
 
 def test_dask_executor_needs_a_scheduler(tmp_path: Path) -> None:

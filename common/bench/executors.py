@@ -5,7 +5,12 @@ The driver connects to an existing scheduler (``dask scheduler``; on Slurm throu
 workers, docs/bench.md). Before any point is sent, every worker reports its environment
 (`environment_fingerprint`: the splitfc version and every identity the cache key hashes:
 source, settings, library versions, ffmpeg/VTM binaries, checkpoints); a worker that differs
-from the driver is refused with one line naming it and what differs.
+from the driver is refused with one line naming it and what differs. The driver connects and
+checks before any point is computed, references included (`connect_dask`): an unreachable
+scheduler fails after ``SPLITFC_DASK_CONNECT_TIMEOUT_S`` (default 5 s), and a worker that does
+not see the driver's results folder (`check_shared_folder`: a token file with a random nonce
+that every worker must read back at the same path) is refused with one line naming it and the
+folder.
 
 Each point runs `compute_point` on a worker, which writes its cache record atomically
 (`ResultCache.put`: temporary file + ``os.replace``) under the run's cache folder, so
@@ -18,16 +23,21 @@ record. Errors inside a point come back with the worker's host name.
 from __future__ import annotations
 
 import os
+import secrets
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 from splitfc.common.bench.identity import ORIGINAL, KeyContext
 from splitfc.common.errors import SplitfcError
+from splitfc.common.settings import cluster_settings
 
-__all__ = ["PointFailed", "check_workers", "environment_fingerprint", "execute_dask"]
+__all__ = ["PointFailed", "check_shared_folder", "check_workers", "connect_dask", "environment_fingerprint",
+           "execute_dask", "read_token"]
 
 Done = Callable[[Any, dict[str, Any] | None, BaseException | None], None]
 
@@ -83,34 +93,80 @@ def run_point_on_worker(job: Any) -> tuple[str, dict[str, Any] | None, str | Non
         return host, None, f"{type(exc).__name__}: {exc}"
 
 
-def execute_dask(scheduler: str, preset: str, todo: list[Any], done: Done) -> None:
-    """Send ``todo`` (`PointJob`s) to the Dask scheduler at ``scheduler`` and report each
-    finished point to ``done(job, record, error)`` as it completes."""
+def read_token(path: str) -> str | None:
+    """The text of the file at ``path`` (run on each worker by `check_shared_folder`), None if
+    this process cannot read it."""
     try:
-        from distributed import Client, as_completed
+        return Path(path).read_text()
+    except OSError:
+        return None
+
+
+def check_shared_folder(client: Any, cache_root: str | Path) -> None:
+    """Check that every worker sees the driver's results cache folder ``cache_root``: the driver
+    writes a token file holding a random nonce into it, each worker reads it at the same absolute
+    path (`read_token`), and the token is removed. Raises `SplitfcError` (one line naming the
+    worker's address and the folder) for the first worker that reads nothing or another nonce."""
+    folder = Path(os.path.abspath(cache_root))
+    folder.mkdir(parents=True, exist_ok=True)
+    nonce = secrets.token_hex(16)
+    token = folder / f".splitfc-shared-{nonce}"
+    token.write_text(nonce)
+    try:
+        seen = client.run(read_token, str(token))
+    finally:
+        token.unlink(missing_ok=True)
+    for address, value in sorted(seen.items()):
+        if value != nonce:
+            what = "cannot read" if value is None else "reads another nonce in"
+            raise SplitfcError(f"worker {address} does not see the driver's results folder {folder} "
+                               f"(it {what} the token file {token.name}); RESULTS_DIR must be on storage "
+                               "every worker sees at the same path")
+
+
+@contextmanager
+def connect_dask(scheduler: str, preset: str, points: list[tuple[str, str, int]],
+                 cache_root: str | Path) -> Iterator[Any]:
+    """A ``distributed.Client`` of the scheduler at ``scheduler``, after checking the workers'
+    environments for ``points`` (`check_workers`) and that they see ``cache_root``
+    (`check_shared_folder`); closed on exit. Raises `SplitfcError` (one line) when the cluster
+    extra is missing, the scheduler is not reached within ``SPLITFC_DASK_CONNECT_TIMEOUT_S``
+    seconds (default 5), or a check fails."""
+    try:
+        from distributed import Client
     except ImportError:
         raise SplitfcError("--executor dask needs the cluster extra: pip install 'splitfc[cluster]'") from None
+    timeout = cluster_settings().dask_connect_timeout_s
     try:
-        client = Client(scheduler, timeout="20s")
-    except (OSError, TimeoutError) as exc:
-        raise SplitfcError(f"cannot reach the dask scheduler at {scheduler}: {exc}") from None
+        client = Client(scheduler, timeout=f"{timeout}s")
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise SplitfcError(f"cannot reach the dask scheduler at {scheduler} within {timeout:g} s "
+                           f"(SPLITFC_DASK_CONNECT_TIMEOUT_S): {exc}") from None
     try:
-        check_workers(client, [(j.split, j.codec, j.rate) for j in todo], preset)
-        # Absolute paths: workers may start in other folders (the folder itself must be shared).
-        jobs = [replace(j, feature_path=os.path.abspath(j.feature_path), cache_root=os.path.abspath(j.cache_root))
-                for j in todo]
-        futures = {client.submit(run_point_on_worker, job, key=f"splitfc-point-{job.key}"): job for job in jobs}
-        try:
-            for future in as_completed(futures):
-                job = futures[future]
-                try:
-                    host, record, error = future.result()
-                except Exception as exc:  # a lost worker (KilledWorker), a cancelled task
-                    done(job, None, PointFailed(f"{type(exc).__name__}: {exc}"))
-                    continue
-                done(job, record, PointFailed(f"on {host}: {error}") if error else None)
-        finally:
-            client.cancel(list(futures))
+        check_workers(client, points, preset)
+        check_shared_folder(client, cache_root)
+        yield client
     finally:
         client.close()
 
+
+def execute_dask(client: Any, todo: list[Any], done: Done) -> None:
+    """Send ``todo`` (`PointJob`s) to the cluster of ``client`` (from `connect_dask`) and report
+    each finished point to ``done(job, record, error)`` as it completes."""
+    from distributed import as_completed
+
+    # Absolute paths: workers may start in other folders (the folder itself must be shared).
+    jobs = [replace(j, feature_path=os.path.abspath(j.feature_path), cache_root=os.path.abspath(j.cache_root))
+            for j in todo]
+    futures = {client.submit(run_point_on_worker, job, key=f"splitfc-point-{job.key}"): job for job in jobs}
+    try:
+        for future in as_completed(futures):
+            job = futures[future]
+            try:
+                host, record, error = future.result()
+            except Exception as exc:  # a lost worker (KilledWorker), a cancelled task
+                done(job, None, PointFailed(f"{type(exc).__name__}: {exc}"))
+                continue
+            done(job, record, PointFailed(f"on {host}: {error}") if error else None)
+    finally:
+        client.cancel(list(futures))

@@ -23,6 +23,7 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from multiprocessing import get_context
@@ -276,8 +277,10 @@ def _progress(total: int, initial: int, enabled: bool) -> Any:
                 dynamic_ncols=True)
 
 
-def execute(config: BenchConfig, jobs: list[PointJob], cache_: ResultCache, summary: BenchSummary) -> None:
-    """Compute the jobs not in the cache (in-process or in a process pool)."""
+def execute(config: BenchConfig, jobs: list[PointJob], cache_: ResultCache, summary: BenchSummary,
+            client: Any = None) -> None:
+    """Compute the jobs not in the cache (in-process, in a process pool, or on the Dask cluster of
+    ``client``, from `executors.connect_dask`)."""
     todo = []
     for job in jobs:
         if cache_.get(job.split, job.codec, job.rate, job.sample, job.key) is not None:
@@ -307,7 +310,7 @@ def execute(config: BenchConfig, jobs: list[PointJob], cache_: ResultCache, summ
         if config.executor == "dask":
             from splitfc.common.bench.executors import execute_dask
 
-            execute_dask(config.scheduler or "", config.preset, todo, done)
+            execute_dask(client, todo, done)
         elif config.jobs <= 1:
             for job in todo:
                 try:
@@ -367,10 +370,20 @@ def run_bench(config: BenchConfig) -> BenchSummary:
     if not refs:
         raise SplitfcError("no split has features to benchmark: " + "; ".join(
             f"{k}: {v}" for k, v in summary.skipped_splits.items()))
-    # References first and in-process: the codec points are scored against them.
-    ref_config = replace(config, jobs=1, executor="local", stop_after=None, on_point=None)
-    execute(ref_config, refs, cache_, summary)
-    execute(config, jobs, cache_, summary)
+    with ExitStack() as stack:
+        client = None
+        missing = [j for j in jobs if config.executor == "dask"
+                   and cache_.get(j.split, j.codec, j.rate, j.sample, j.key) is None]
+        if missing:
+            # Connect and check the cluster before any point (references included) is computed.
+            from splitfc.common.bench.executors import connect_dask
+
+            client = stack.enter_context(connect_dask(config.scheduler or "", config.preset,
+                                                      [(j.split, j.codec, j.rate) for j in missing], cache_.root))
+        # References first and in-process: the codec points are scored against them.
+        ref_config = replace(config, jobs=1, executor="local", stop_after=None, on_point=None)
+        execute(ref_config, refs, cache_, summary)
+        execute(config, jobs, cache_, summary, client)
     results = report.build_results(config, cache_, refs + jobs, codecs, summary)
     summary.warnings = [
         f"BD-rate {e['split']} {e['test']} vs {e['anchor']} undefined: " + "; ".join(e["notes"])
