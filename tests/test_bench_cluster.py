@@ -151,11 +151,8 @@ def test_unreachable_scheduler_fails_before_any_point(tmp_path: Path, monkeypatc
         port = s.getsockname()[1]
     address = f"tcp://127.0.0.1:{port}"
     out = tmp_path / "out"
-    start = time.monotonic()
     with pytest.raises(SplitfcError, match=rf"cannot reach the dask scheduler at tcp://127\.0\.0\.1:{port} within 2 s"):
         run_bench(_config(out, executor="dask", scheduler=address))
-    # Well under the former fixed 20 s connect timeout (which came after the references).
-    assert time.monotonic() - start < 20
     assert _files(out / "cache") == []  # no reference (or other) point was computed first
     code = main(["bench", "--executor", "dask", "--scheduler", address, "--splits", "dinov2-cls", "--codecs", "raw",
                  "--samples", "1", "--no-plots", "-o", str(out)])
