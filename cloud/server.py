@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import signal
 import socket
@@ -94,6 +95,21 @@ async def start_http(
     return http, task, http_port
 
 
+def _grpc_bind_error(host: str, port: int, grpc_message: str) -> str:
+    """One line saying why gRPC could not bind ``host:port``: gRPC's own message names no cause, so the
+    port is probed with a plain socket (SO_REUSEADDR, as gRPC binds) and EADDRINUSE reads "port N is in use"."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host.strip("[]"), port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return f"cannot bind gRPC port {host}:{port}: port {port} is in use (another server listens there)"
+            return f"cannot bind gRPC port {host}:{port}: {exc.strerror}"
+    return f"cannot bind gRPC port {host}:{port}: {grpc_message.split(';')[0]}"
+
+
 class CloudServer:
     """One cloud instance (its own metrics registry; several may run in one process)."""
 
@@ -129,7 +145,9 @@ class CloudServer:
             for warning in self.policy.warnings:
                 print(f"splitfc cloud: warning: {warning}", file=sys.stderr, flush=True)
         guard = ServerGuard(self.policy.tokens, self.metrics, s.max_streams_per_client)
-        options = [*s.grpc_options(), ("grpc.so_reuseport", 1)] if self.reuse_port else s.grpc_options()
+        # gRPC Python turns SO_REUSEPORT on by default (Linux): a second server on a used port would bind
+        # silently and the kernel would split connections between the two. Only engine processes share one.
+        options = [*s.grpc_options(), ("grpc.so_reuseport", 1 if self.reuse_port else 0)]
         server = grpc.aio.server(options=options, interceptors=[guard])
         add_servicer(SplitInferenceServicer(self.engine), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -144,9 +162,9 @@ class CloudServer:
             address = f"{s.host}:{s.grpc_port}"
             grpc_port = server.add_insecure_port(address) if creds is None else server.add_secure_port(address, creds)
         except RuntimeError as exc:
-            raise SplitfcError(f"cannot bind gRPC port {s.host}:{s.grpc_port}: {exc}") from None
+            raise SplitfcError(_grpc_bind_error(s.host, s.grpc_port, str(exc))) from None
         if grpc_port == 0:
-            raise SplitfcError(f"cannot bind gRPC port {s.host}:{s.grpc_port}")
+            raise SplitfcError(_grpc_bind_error(s.host, s.grpc_port, "no address bound"))
         await server.start()
         self._grpc = server
         if not self.serve_http:
