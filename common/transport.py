@@ -46,7 +46,8 @@ class GrpcChannelSettings(BaseSettings):
     """gRPC message limit and keepalive, the same fields on both sides (each side sets its env prefix)."""
 
     max_message_bytes: int = 16 * MIB
-    """Largest gRPC message, both directions (gRPC's default receive limit is 4 MiB); keep both sides equal."""
+    """Largest gRPC message, both directions (gRPC's default receive limit is 4 MiB); keep both sides equal.
+    The edge receives up to its own ``max_receive_message_bytes`` instead (`splitfc.edge.settings`)."""
     keepalive_time_ms: int = 30_000
     """Keepalive ping interval (the edge's must be >= the cloud's ``min_ping_interval_ms``)."""
     keepalive_timeout_ms: int = 10_000

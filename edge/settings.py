@@ -13,7 +13,13 @@ from pathlib import Path
 from pydantic import SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from splitfc.common.transport import MESSAGE_HEADROOM, MIB, GrpcChannelSettings, bitstream_room
+from splitfc.common.transport import (
+    MAX_GRPC_MESSAGE_BYTES,
+    MESSAGE_HEADROOM,
+    MIB,
+    GrpcChannelSettings,
+    bitstream_room,
+)
 
 DEFAULT_CHUNK_BYTES = 4 * MIB
 
@@ -23,6 +29,10 @@ class EdgeSettings(GrpcChannelSettings):
 
     model_config = SettingsConfigDict(env_prefix="SPLITFC_EDGE_", extra="ignore")
 
+    max_receive_message_bytes: int = 16 * MIB
+    """Largest answer the edge accepts (``grpc.max_receive_message_length``; env
+    ``SPLITFC_EDGE_MAX_RECEIVE_MESSAGE_BYTES``), apart from ``max_message_bytes``, which limits what it sends: a
+    small send limit (many small chunks) must not refuse a large answer (a Dpt depth map is ~62 KB on tiny)."""
     retries: int = 4
     """Extra attempts after UNAVAILABLE or a stream reset (CANCELLED); no other status is retried."""
     backoff_initial_s: float = 0.2
@@ -68,12 +78,18 @@ class EdgeSettings(GrpcChannelSettings):
                 f"chunk_bytes={self.chunk_bytes} cannot work with max_message_bytes={self.max_message_bytes}: "
                 f"a chunk carries 1 to {room} bytes (the message limit minus {MESSAGE_HEADROOM} of framing)"
             )
+        if not 1 <= self.max_receive_message_bytes <= MAX_GRPC_MESSAGE_BYTES:
+            raise ValueError(
+                f"max_receive_message_bytes={self.max_receive_message_bytes} cannot work: it must be in "
+                f"[1, {MAX_GRPC_MESSAGE_BYTES}]"
+            )
         return self
 
     def grpc_options(self) -> list[tuple[str, int]]:
         """Channel arguments of the client."""
+        receive = ("grpc.max_receive_message_length", self.max_receive_message_bytes)
         return [
-            *self.channel_options(),
+            *(receive if name == receive[0] else (name, value) for name, value in self.channel_options()),
             ("grpc.http2.max_pings_without_data", 0),
             # Retries are ours (UNAVAILABLE only, with backoff); keep gRPC's transparent ones off.
             ("grpc.enable_retries", 0),

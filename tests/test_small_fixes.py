@@ -45,3 +45,38 @@ def test_cloud_serve_on_a_used_port_exits_2_with_one_line(
     assert err[-1] == (f"splitfc: error: cannot bind gRPC port 127.0.0.1:{occupied_port}: port {occupied_port} "
                        "is in use (another server listens there)"), err
 
+
+def test_a_small_send_limit_still_receives_a_large_answer(tmp_path, monkeypatch) -> None:
+    """Sends chunked under a 4 KiB send limit; the tiny Dpt answer (~62 KB) comes back whole."""
+    from _serving import ServerThread
+
+    from splitfc.edge.runner import EdgeRunConfig, run_edge
+    from splitfc.edge.settings import EdgeSettings
+
+    monkeypatch.setenv("SPLITFC_EDGE_MAX_MESSAGE_BYTES", "4096")
+    settings = EdgeSettings(cache_dir=tmp_path / "refs")
+    options = dict(settings.grpc_options())
+    assert options["grpc.max_send_message_length"] == 4096
+    assert options["grpc.max_receive_message_length"] == 16 << 20
+    with ServerThread(cloud_settings(splits="dinov2-dpt")) as cloud:
+        config = EdgeRunConfig(server=cloud.endpoints.grpc_target, split="dinov2-dpt", codec="raw", samples=1)
+        report = asyncio.run(run_edge(config, settings))
+        s = report["summary"]
+        assert s["ok"] == 1 and s["errors"] == 0, report
+        assert s["chunked_requests"] == 1
+        assert s["metric"]["metric"] == "RMSE" and s["metric"]["value"] == pytest.approx(0.0, abs=1e-5)
+
+        # The receive limit is its own setting (env override): below the answer's size it refuses it.
+        monkeypatch.setenv("SPLITFC_EDGE_MAX_RECEIVE_MESSAGE_BYTES", "8192")
+        small = EdgeSettings(cache_dir=tmp_path / "refs")
+        assert dict(small.grpc_options())["grpc.max_receive_message_length"] == 8192
+        report = asyncio.run(run_edge(config, small))
+        assert report["summary"]["ok"] == 0
+        assert "larger than max" in str(report["requests"][0]), report["requests"][0]
+
+
+def test_receive_limit_out_of_range_is_refused() -> None:
+    from splitfc.edge.settings import EdgeSettings
+
+    with pytest.raises(ValueError, match="max_receive_message_bytes=0 cannot work"):
+        EdgeSettings(max_receive_message_bytes=0)
