@@ -251,15 +251,15 @@ class InferenceEngine:
             raise RequestFailed(Status.INTERNAL, f"tail of {split} failed: {type(exc).__name__}: {exc}") from None
         return result, decode_s, time.perf_counter() - t1
 
-    def _decode_outcome(
-        self, payload: Payload, rec: RequestRecord, stop: WorkStop,
-    ) -> tuple[str, SplitModel, np.ndarray, float] | RequestFailed:
-        """`decode` for the thread pool (batching); a failure is returned `detached`, as in `_work_outcome`."""
+    def _pool_outcome(self, step: Any, payload: Payload, rec: RequestRecord, stop: WorkStop) -> Any:
+        """Run ``step(data, rec, stop)`` (`decode` or `work`) for the thread pool: a failure is returned
+        `detached`, never raised through the futures (a raised exception would carry the work's frames,
+        and with them the payload, into the event loop)."""
         data = payload.data
         if data is None:
             return RequestFailed(Status.CANCELLED, "request ended before its work started")
         try:
-            return self.decode(data, rec, stop)
+            return step(data, rec, stop)
         except RequestFailed as exc:
             return exc.detached()
         except Exception as exc:  # a bug: still an answer, and a log line with the traceback
@@ -268,23 +268,17 @@ class InferenceEngine:
         finally:
             del data
 
+    def _decode_outcome(
+        self, payload: Payload, rec: RequestRecord, stop: WorkStop,
+    ) -> tuple[str, SplitModel, np.ndarray, float] | RequestFailed:
+        """`decode` for the thread pool (batching), as `_pool_outcome`."""
+        return self._pool_outcome(self.decode, payload, rec, stop)
+
     def _work_outcome(
         self, payload: Payload, rec: RequestRecord, stop: WorkStop,
     ) -> tuple[svc.TaskResult, float, float] | RequestFailed:
-        """`work` for the thread pool: a failure is returned `detached`, never raised through the futures
-        (a raised exception would carry the work's frames, and with them the payload, into the event loop)."""
-        data = payload.data
-        if data is None:
-            return RequestFailed(Status.CANCELLED, "request ended before its work started")
-        try:
-            return self.work(data, rec, stop)
-        except RequestFailed as exc:
-            return exc.detached()
-        except Exception as exc:  # a bug: still an answer, and a log line with the traceback
-            self.log.exception("request failed", extra={"fields": {"request_id": rec.request_id}})
-            return RequestFailed(Status.INTERNAL, f"{type(exc).__name__}: {exc}")
-        finally:
-            del data
+        """`work` (decode + tail) for the thread pool, as `_pool_outcome`."""
+        return self._pool_outcome(self.work, payload, rec, stop)
 
     # -- one request on the event loop --------------------------------------------------------
     async def _admit_and_work(

@@ -165,7 +165,7 @@ def test_feature_ranges_command_measures_a_folder(tmp_path: Path, capsys) -> Non
 def test_feature_ranges_command_bad_folder_is_one_line(tmp_path: Path, capsys) -> None:
     assert main(["feature-ranges", "--split", "dinov2-cls", "--features", str(tmp_path / "none")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "features folder not found" in err[0]
+    assert len(err) == 1 and "does not exist" in err[0]
 
 
 @pytest.mark.parametrize("split", ["dinov2-cls", "dinov2-seg", "dinov2-dpt", "llama3-csr", "sd3-tti"])

@@ -32,15 +32,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_feature_ranges)
 
 
-def _feature_files(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        raise SplitfcError(f"features folder not found: {folder}")
-    files = sorted(folder.glob("*.npy"))
-    if not files:
-        raise SplitfcError(f"no .npy feature files in {folder}")
-    return files
-
-
 def cmd_feature_ranges(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -51,7 +42,9 @@ def cmd_feature_ranges(args: argparse.Namespace) -> int:
     check_preset(args.preset)
     spec = get_split(args.split)
     if args.features is not None:
-        files = _feature_files(args.features)
+        from splitfc.common.learned.data import feature_files
+
+        files = feature_files(args.features)
         features = [np.load(f, allow_pickle=False) for f in files]
         source = f"{len(files)} feature files in {args.features}"
     else:
