@@ -86,6 +86,28 @@ def load_pretrained(loader: Any, hub_id: str, source: str | os.PathLike | None, 
         raise CheckpointNotFoundError(f"cannot load {loader.__name__} from {where}: {first}") from None
 
 
+def check_config(folder: str | os.PathLike, hub_id: str, **expected: Any) -> None:
+    """Refuse a checkpoint folder whose ``config.json`` is not the architecture ``hub_id`` names.
+
+    ``expected``: config fields and their values (e.g. ``model_type="dinov2", hidden_size=384``). Without
+    this, ``from_pretrained`` on another model's folder initialises the missing weights at random and
+    returns plausible garbage. Raises `CheckpointNotFoundError` (one line: folder, what differs).
+    """
+    import json
+
+    path = Path(folder) / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointNotFoundError(f"cannot read {path}: {type(exc).__name__}") from None
+    if not isinstance(config, dict):
+        raise CheckpointNotFoundError(f"{path} holds no config object")
+    wrong = [f"{key} {config.get(key)!r} (needs {value!r})" for key, value in expected.items()
+             if config.get(key) != value]
+    if wrong:
+        raise CheckpointNotFoundError(f"{Path(folder)} is not {hub_id}: config has " + ", ".join(wrong))
+
+
 def heads_dir(override: str | os.PathLike | None = None) -> Path:
     """The folder of published head files (``SPLITFC_HEADS_DIR`` unless overridden)."""
     folder = override if override is not None else model_settings().heads_dir

@@ -40,6 +40,7 @@ import numpy as np
 from splitfc.common.errors import SplitfcError
 from splitfc.common.models import dinov2_onnx, register_family
 from splitfc.common.models._common import (
+    check_config,
     heads_dir,
     load_head_file,
     load_pretrained,
@@ -462,6 +463,8 @@ def small_backbone(source: str | os.PathLike | None = None) -> Any:
     from splitfc.common.models.pretrained import resolve_pretrained
 
     path = resolve_pretrained(SMALL_HUB_ID, source)
+    check_config(path, SMALL_HUB_ID, model_type="dinov2", hidden_size=384, num_hidden_layers=12,
+                 num_attention_heads=6, patch_size=14)
     return load_pretrained(Dinov2Model, SMALL_HUB_ID, path).eval()
 
 

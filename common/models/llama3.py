@@ -28,7 +28,7 @@ import numpy as np
 
 from splitfc.common.errors import SplitfcError
 from splitfc.common.models import register_family
-from splitfc.common.models._common import load_pretrained, setup_torch, torch_dtype
+from splitfc.common.models._common import check_config, load_pretrained, setup_torch, torch_dtype
 from splitfc.common.models.base import MultipleChoice, SplitModel, TaskOutput, check_features
 from splitfc.common.models.pretrained import (
     COMPLETE_MARK,
@@ -303,6 +303,7 @@ def build(split_id: str, preset: str, source: str | os.PathLike | None = None) -
         return Llama3Split(spec, preset, model, tokenizer)
     if preset == "small":
         folder = resolve_pretrained(SMALL_HUB_ID, source)
+        check_config(folder, SMALL_HUB_ID, model_type="llama", hidden_size=576, num_hidden_layers=30)
         tokenizer = load_pretrained(AutoTokenizer, SMALL_HUB_ID, folder)
         model = load_pretrained(LlamaForCausalLM, SMALL_HUB_ID, folder, dtype=torch_dtype())
         return Llama3Split(spec, preset, model, tokenizer, model_name=small_model_name(folder), chat=True)
