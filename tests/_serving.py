@@ -90,15 +90,17 @@ def trim_heap() -> bool:
     return True
 
 
-def raw_calls(target: str, max_bytes: int = 64 << 20) -> tuple[Any, Any, Any]:
+def raw_calls(target: str, max_bytes: int = 64 << 20, options: tuple[tuple[str, Any], ...] = ()
+              ) -> tuple[Any, Any, Any]:
     """(Infer, InferChunked, InferStream) multi-callables that send bytes as they are: a hostile client
-    built from the .proto files, free to send anything."""
+    built from the .proto files, free to send anything (``options``: more gRPC channel options)."""
     import grpc
 
     from splitfc.v1 import service_pb2 as svc
 
     channel = grpc.insecure_channel(
-        target, options=[("grpc.max_send_message_length", max_bytes), ("grpc.max_receive_message_length", max_bytes)],
+        target, options=[("grpc.max_send_message_length", max_bytes), ("grpc.max_receive_message_length", max_bytes),
+                         *options],
     )
     path = "/splitfc.v1.SplitInference/"
     same = {"request_serializer": lambda b: b, "response_deserializer": svc.InferResponse.FromString}
