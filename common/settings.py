@@ -125,3 +125,22 @@ class HyperpriorSettings(BaseSettings):
 def hyperprior_settings() -> HyperpriorSettings:
     """The process-wide hyperprior settings (read once)."""
     return HyperpriorSettings()
+
+
+class NativeTransformSettings(BaseSettings):
+    """Where the ``native`` codec finds its fitted channel transforms (common/codecs/native_transform.py)."""
+
+    model_config = SettingsConfigDict(env_prefix="SPLITFC_", extra="ignore")
+
+    native_transform_dir: Path | None = None
+    """Folder of user-fitted transforms (``splitfc fit-codec --codec native`` writes there by default),
+    searched before the ones shipped in splitfc/common/codecs/checkpoints/native."""
+    native_transform: str | None = None
+    """Force one transform for every split whose channel count matches (paper Table 6: fitted on one split,
+    applied to others): a 16-hex-digit transform id, an artefact path, or ``none`` (no fitted transform)."""
+
+
+@lru_cache(maxsize=1)
+def native_transform_settings() -> NativeTransformSettings:
+    """The process-wide native-transform settings (read once; tests call ``cache_clear``)."""
+    return NativeTransformSettings()
