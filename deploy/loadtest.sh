@@ -3,7 +3,10 @@
 #
 # Without LOADTEST_HOST it starts its own `splitfc cloud serve` on loopback
 # (free ports) and stops it afterwards (also on failure or Ctrl-C). Writes
-# locust's CSV stats (and an HTML report) to $LOADTEST_OUT (results/loadtest).
+# locust's CSV stats (and an HTML report) to $LOADTEST_OUT (results/loadtest), and prints (and
+# writes to $LOADTEST_OUT/summary.json) throughput, p50/p99 and the tail batch sizes the cloud ran,
+# read from its /metrics before and after (LOADTEST_METRICS_URL=http://host:port/metrics for a
+# cloud given by LOADTEST_HOST; the one it starts itself is read without it).
 #
 #   LOADTEST_USERS=32 LOADTEST_TIME=60s LOADTEST_SPAWN_RATE=8 make loadtest
 #   LOADTEST_HOST=127.0.0.1:50051 make loadtest          # an already running cloud or balancer
@@ -29,6 +32,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 host=${LOADTEST_HOST:-}
+metrics_url=${LOADTEST_METRICS_URL:-}
 if [ -z "$host" ]; then
   OMP_NUM_THREADS=1 "$BIN/splitfc" cloud serve --host 127.0.0.1 --grpc-port 0 --http-port 0 \
     --splits "$SERVER_SPLITS" >"$OUT/cloud.log" 2>&1 &
@@ -49,19 +53,20 @@ while time.monotonic() < end:
         grpc, http = m.groups()
         try:
             if urllib.request.urlopen(http + "/readyz", timeout=2).status == 200:
-                print(grpc)
+                print(grpc, http + "/metrics")
                 sys.exit(0)
         except Exception:
             pass
     time.sleep(0.5)
 sys.exit("loadtest: the cloud server did not become ready; see " + log)
 PY
-  host=$(cat "$OUT/endpoints")
+  read -r host metrics_url <"$OUT/endpoints"
   echo "loadtest: cloud ready at $host (log: $OUT/cloud.log)"
 fi
 
 echo "loadtest: $USERS users for $RUN_TIME against $host"
-"$BIN/locust" -f deploy/locust/locustfile.py --headless --users "$USERS" --spawn-rate "$SPAWN_RATE" \
+SPLITFC_LOADTEST_METRICS_URL=$metrics_url SPLITFC_LOADTEST_SUMMARY="$OUT/summary.json" \
+  "$BIN/locust" -f deploy/locust/locustfile.py --headless --users "$USERS" --spawn-rate "$SPAWN_RATE" \
   --run-time "$RUN_TIME" --host "$host" --csv "$OUT/locust" --html "$OUT/locust.html" \
   --stop-timeout 60 --loglevel WARNING
-echo "loadtest: CSV stats in $OUT/locust_stats.csv"
+echo "loadtest: CSV stats in $OUT/locust_stats.csv, summary in $OUT/summary.json"

@@ -319,7 +319,16 @@ def test_loadtest_script_counts_successes_and_failures(tmp_path: Path) -> None:
     assert int(bad["Request Count"]) > 0 and int(bad["Failure Count"]) == int(bad["Request Count"])
     failures = list(csv.DictReader((tmp_path / "locust_failures.csv").open()))
     assert {f["Name"] for f in failures} == {"/splitfc.v1.SplitInference/Infer dinov2-seg"}
+    # The summary (as bench-serving's): per split and in all, with the tail batches the cloud ran.
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    cls, seg = summary["splits"]["dinov2-cls"], summary["splits"]["dinov2-seg"]
+    assert cls["requests"] == int(ok["Request Count"]) and cls["failures"] == 0 and cls["throughput_rps"] > 0
+    assert cls["p50_ms"] is not None and cls["p99_ms"] >= cls["p50_ms"]
+    assert sum(int(k) * v for k, v in cls["batch_sizes"].items()) == cls["requests"]
+    assert seg["failures"] == seg["requests"] and seg["throughput_rps"] == 0 and seg["batch_sizes"] == {}
+    assert summary["total"]["requests"] == cls["requests"] + seg["requests"]
+    assert "loadtest summary:" in res.stdout and "tail batches (size:count)" in res.stdout
     # The script stopped the server it started.
-    port = (tmp_path / "endpoints").read_text().strip().rsplit(":", 1)[1]
+    port = (tmp_path / "endpoints").read_text().split()[0].rsplit(":", 1)[1]
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", int(port))) != 0

@@ -13,6 +13,11 @@ Bitstreams are made once per process before the run (locust's init event): each 
 head on a built-in sample, coded with ``SPLITFC_LOADTEST_CODEC`` at
 ``SPLITFC_LOADTEST_QP``; requests are then pure replay (the edge-side CPU cost
 is not part of the load). Settings: env ``SPLITFC_LOADTEST_*`` (below).
+
+At the end of the run it prints (and writes to ``SPLITFC_LOADTEST_SUMMARY``, JSON) what
+``splitfc bench-serving`` reports: per split and in all, throughput, p50/p99 latency and, with
+``SPLITFC_LOADTEST_METRICS_URL`` (the cloud's ``/metrics``; ``make loadtest`` sets it for the cloud it
+starts), the tail batch sizes the cloud ran during the run (`loadtest_summary`).
 """
 
 from __future__ import annotations
@@ -23,12 +28,14 @@ grpc_gevent.init_gevent()  # before any channel exists
 
 import contextlib  # noqa: E402
 import itertools  # noqa: E402
+import json  # noqa: E402
 import logging  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
 from typing import Any  # noqa: E402
 
 import grpc  # noqa: E402
+from loadtest_summary import format_summary, read_batches, summarize  # noqa: E402  (next to this file)
 from locust import User, events, task  # noqa: E402
 from locust.env import Environment  # noqa: E402
 from locust.exception import LocustError  # noqa: E402
@@ -57,11 +64,18 @@ class LoadtestSettings(BaseSettings):
     timeout_s: float = 60.0
     """gRPC deadline of one call."""
     max_message_bytes: int = 64 << 20
+    metrics_url: str = ""
+    """The cloud's Prometheus endpoint (``http://HOST:PORT/metrics``), read before and after the run
+    for the tail batch sizes it ran; empty: not read."""
+    summary: str = ""
+    """Where to write the run's summary as JSON (empty: printed only)."""
 
 
 SETTINGS = LoadtestSettings()
 BITSTREAMS: dict[str, list[bytes]] = {}
 """split id -> serialized FeatureBitstreams, filled once at test start."""
+INFER = "/splitfc.v1.SplitInference/Infer"
+_BATCHES_BEFORE: dict[str, dict[int, float]] = {}
 
 
 def encode_bitstreams(splits: list[str], settings: LoadtestSettings) -> dict[str, list[bytes]]:
@@ -92,6 +106,35 @@ def _prepare(environment: Environment, **_: Any) -> None:
     else:
         splits = [s.strip() for s in SETTINGS.splits.split(",") if s.strip()]
     BITSTREAMS.update(encode_bitstreams(splits, SETTINGS))
+
+
+def _read_batches() -> dict[str, dict[int, float]] | None:
+    if not SETTINGS.metrics_url:
+        return None
+    try:
+        return read_batches(SETTINGS.metrics_url, sorted(BITSTREAMS))
+    except OSError as exc:
+        log.warning("loadtest: could not read the cloud's metrics at %s: %s", SETTINGS.metrics_url, exc)
+        return None
+
+
+@events.test_start.add_listener
+def _batches_before(environment: Environment, **_: Any) -> None:
+    """The cloud's tail batch counts before the first request."""
+    _BATCHES_BEFORE.clear()
+    _BATCHES_BEFORE.update(_read_batches() or {})
+
+
+@events.test_stop.add_listener
+def _report(environment: Environment, **_: Any) -> None:
+    """After the last answer: throughput, p50/p99 and the batch sizes the cloud ran, printed (and JSON)."""
+    after = _read_batches()
+    before = _BATCHES_BEFORE if SETTINGS.metrics_url and after is not None else None
+    summary = summarize(environment.stats, {f"{INFER} {split}": split for split in BITSTREAMS}, before, after)
+    print("loadtest summary:\n" + format_summary(summary), flush=True)
+    if SETTINGS.summary:
+        with open(SETTINGS.summary, "w") as f:
+            json.dump(summary, f, indent=2)
 
 
 class LocustInterceptor(grpc.UnaryUnaryClientInterceptor):
