@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from splitfc.common.bench import task
+from splitfc.common.bench.acceptance import summary_lines
 from splitfc.common.bench.aggregate import group_failures
 from splitfc.common.bench.cache import ResultCache
 from splitfc.common.bench.features import FeatureFile, extract_features, read_feature_dir
@@ -68,6 +69,8 @@ class BenchConfig:
     qualities: list[int] | None = None
     """Override the quality codecs' rate points (default: 1..5)."""
     anchor: str | None = None
+    best_of: list[str] | None = None
+    """Anchors of the best-of BD-rate (`acceptance`; default vtm, vvenc, hevc)."""
     plots: bool = True
     progress: bool = True
     stop_after: int | None = None
@@ -103,6 +106,8 @@ class BenchSummary:
     skipped_splits: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     """BD-rates left undefined (curves that do not overlap, too few points)."""
+    best_of: list[str] = field(default_factory=list)
+    """One line per (split, codec): BD-rates vs the best of the anchors (`acceptance.summary_lines`)."""
     wall_s: float = 0.0
     files: list[str] = field(default_factory=list)
 
@@ -116,6 +121,7 @@ class BenchSummary:
         for name, why in self.skipped_splits.items():
             lines.append(f"  skipped split {name}: {why}")
         lines.extend(f"  warning: {w}" for w in self.warnings)
+        lines.extend(self.best_of)
         for (split, codec, error), count in self.failure_groups().items():
             lines.append(f"  failed: {codec} on {split}, {count} point(s): {error}")
         lines.extend(f"  wrote {f}" for f in self.files)
@@ -366,6 +372,13 @@ def run_bench(config: BenchConfig) -> BenchSummary:
     codecs, summary.skipped_codecs = resolve_codecs(config.codecs)
     if config.anchor is not None and config.anchor not in codecs:
         raise SplitfcError(f"anchor codec {config.anchor!r} is not among the codecs run: {', '.join(codecs)}")
+    if config.best_of is not None:
+        from splitfc.common.codecs import CODECS
+
+        unknown = [c for c in config.best_of if c not in CODECS]
+        if unknown or not config.best_of:
+            raise UnknownNameError(f"--best-of needs registered codec names, got {', '.join(config.best_of) or 'none'}"
+                                   f"; valid codecs: {', '.join(CODECS)}")
     refs, jobs = plan_jobs(config, cache_, summary, codecs)
     if not refs:
         raise SplitfcError("no split has features to benchmark: " + "; ".join(
@@ -389,6 +402,7 @@ def run_bench(config: BenchConfig) -> BenchSummary:
         f"BD-rate {e['split']} {e['test']} vs {e['anchor']} undefined: " + "; ".join(e["notes"])
         for e in results["bd_rate"] if e["bd_rate"] is None and e["anchor"] == results["config"]["anchor"]
     ]
+    summary.best_of = summary_lines(results["bd_rate_best_of"])
     summary.wall_s = time.perf_counter() - start
     results["summary"] = summary.as_dict()
     summary.files = report.write_all(config, results)

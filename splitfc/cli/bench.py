@@ -48,6 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="Dask scheduler address for --executor dask, e.g. tcp://127.0.0.1:8786")
     p.add_argument("--anchor", default=None, help="anchor codec for BD-rate (default: the first codec run)")
+    p.add_argument("--best-of", type=_csv, default=None, metavar="CODECS",
+                   help="anchors of the best-of BD-rate (their pooled rate-quality envelope; default vtm,vvenc,hevc)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG/SVG plots")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="RESULTS_DIR", help="results folder")
@@ -93,7 +95,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         splits=_csv(args.splits), codecs=_csv(args.codecs), preset=args.preset, features_dir=args.features,
         samples=args.samples, jobs=args.jobs, executor=args.executor,
         scheduler=args.scheduler, qps=args.qps, qualities=args.qualities, output=args.output,
-        anchor=args.anchor, plots=not args.no_plots, progress=not args.quiet,
+        anchor=args.anchor, best_of=args.best_of, plots=not args.no_plots, progress=not args.quiet,
     )
     try:
         summary = run_bench(config)
