@@ -248,6 +248,8 @@ def save_native_transform(
         metadata={"splitfc": json.dumps(meta, sort_keys=True)},
     )
     transform_id = hashlib.sha256(data).digest()[:ID_BYTES]
+    _checked(transform_id, {"mean": mean, "basis": basis.astype(np.float32), "variances": variances},
+             json.loads(json.dumps(meta)), Path(output or directory))  # refuse before writing anything
     if output is not None:
         path = Path(output)
         if path.suffix != SUFFIX:
