@@ -11,10 +11,20 @@ own (one encode + decode under `measure_peak`) before the timed runs.
 `content_digest` of the content the decoder verifies (its decoded frame, or raw's
 stored bytes). An encode computes it once and a decode once more, so a round
 trip spends about twice ``digest_ms`` on it.
+
+Speed at a target rate (`run_speed_bench`, issue 15's criterion): for each split's paper
+shape, `rate_for_bpfp` searches the codec's integer rate knob (bisection over its
+``rate_bounds``, which needs the knob to be monotonic in BPFP) for the point whose BPFP is
+closest to the target in log scale, then times encode + decode there and reports feature
+points per second. With ``one_core`` the process is pinned to one CPU
+(``os.sched_setaffinity``) for the whole measurement, so every thread a library starts shares
+that core.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -158,4 +168,126 @@ def format_table(result: dict[str, object]) -> str:
         )
     for name, why in result["skipped"].items():  # type: ignore[union-attr]
         lines.append(f"| {name} | skipped: {why} | | | | | | | |")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- speed at a target BPFP
+
+
+@contextmanager
+def one_core(enabled: bool = True) -> Iterator[int | None]:
+    """Pin this process (all its threads) to one CPU for the block; yields the CPU, or None when not pinned.
+
+    Raises `SplitfcError` when pinning was asked for and the platform has no ``sched_setaffinity``.
+    """
+    if not enabled:
+        yield None
+        return
+    if not hasattr(os, "sched_setaffinity"):
+        raise SplitfcError("--one-core needs os.sched_setaffinity (Linux)")
+    before = os.sched_getaffinity(0)
+    cpu = min(before)
+    os.sched_setaffinity(0, {cpu})
+    try:
+        yield cpu
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def bpfp_at(features: np.ndarray, split_id: str, codec_name: str, rate: int) -> float:
+    """Payload bits per feature point of one encode of ``features`` at ``rate``."""
+    return bitstream_stats(encode_features(features, split_id, get_codec(codec_name), rate)).bpfp
+
+
+def rate_for_bpfp(features: np.ndarray, split_id: str, codec_name: str, target: float
+                  ) -> tuple[int, float, list[tuple[int, float]]]:
+    """The integer rate whose BPFP is closest to ``target`` (log scale): ``(rate, bpfp, tried)``.
+
+    Bisection over the codec's ``rate_bounds``; the direction comes from ``rate_name`` (a
+    ``quality`` knob: higher = more bits; ``qp``/``step``: higher = fewer bits). ``tried`` lists
+    every (rate, BPFP) encoded. Raises `SplitfcError` for a codec without a rate knob or a
+    non-positive target.
+    """
+    if not (target > 0 and math.isfinite(target)):
+        raise SplitfcError(f"target BPFP must be positive, got {target!r}")
+    cls = type(get_codec(codec_name))
+    if cls.rate_name == "none":
+        raise SplitfcError(f"codec {codec_name} has no rate knob to search")
+    more_bits_up = cls.rate_name == "quality"
+    lo, hi = cls.rate_bounds
+    tried: dict[int, float] = {}
+
+    def at(rate: int) -> float:
+        if rate not in tried:
+            tried[rate] = bpfp_at(features, split_id, codec_name, rate)
+        return tried[rate]
+
+    # Invariant: `lo` gives more bits than the target side of `hi` (in knob order).
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        above = at(mid) > target
+        if above != more_bits_up:  # too many bits on a qp/step knob: go coarser (up)
+            lo = mid
+        else:
+            hi = mid
+    best = min((lo, hi), key=lambda r: abs(math.log(max(at(r), 1e-12) / target)))
+    return best, at(best), sorted(tried.items())
+
+
+def run_speed_bench(splits: Sequence[str], codecs: Sequence[str], target_bpfp: float, repeats: int = 3,
+                    seed: int = 0, pin_one_core: bool = True) -> dict[str, object]:
+    """Encode + decode time at the rate closest to ``target_bpfp``, per split's paper shape and codec.
+
+    Rows: split, shape, feature_points, codec, rate, bpfp, encode_ms, decode_ms, total_ms
+    (encode + decode, each the fastest of ``repeats``), points_per_s (feature points / total
+    seconds), feature_mse, tried (the search's (rate, BPFP) pairs). Unavailable codecs are in
+    ``skipped``.
+    """
+    rows: list[dict[str, object]] = []
+    skipped: dict[str, str] = {}
+    with one_core(pin_one_core) as cpu:
+        for split_id in splits:
+            features = synthetic_features(split_id, seed)
+            for name in codecs:
+                reason = type(get_codec(name)).unavailable_reason()
+                if reason is not None:
+                    skipped[name] = reason
+                    continue
+                try:
+                    rate, _, tried = rate_for_bpfp(features, split_id, name, target_bpfp)
+                    point = measure(features, split_id, name, rate, repeats)
+                except (SplitfcError, ValueError) as exc:
+                    skipped[f"{name}@{split_id}"] = str(exc)
+                    continue
+                total = point.encode_ms + point.decode_ms
+                rows.append({
+                    "split": split_id, "shape": list(features.shape), "feature_points": int(features.size),
+                    "codec": name, "rate": rate, "bpfp": point.bpfp, "feature_mse": point.feature_mse,
+                    "encode_ms": point.encode_ms, "decode_ms": point.decode_ms, "total_ms": total,
+                    "points_per_s": features.size / (total / 1e3) if total > 0 else None,
+                    "peak_alloc_mb": point.peak_alloc_mb, "tried": [list(t) for t in tried],
+                })
+    return {
+        "target_bpfp": target_bpfp, "one_core": cpu is not None, "cpu": cpu, "repeats": repeats,
+        "features": f"Student-t df=3 x 2.0, seed {seed}, float32, each split's paper shape "
+                    f"(CSR: {DEFAULT_TOKENS} tokens)",
+        "rows": rows, "skipped": skipped,
+    }
+
+
+def format_speed_table(result: dict[str, object]) -> str:
+    """A Markdown table of `run_speed_bench`'s rows."""
+    lines = [
+        "| split | shape | codec | rate | BPFP | feature MSE | encode ms | decode ms | encode + decode ms | "
+        "M points/s |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in result["rows"]:  # type: ignore[union-attr]
+        pps = "-" if r["points_per_s"] is None else f"{r['points_per_s'] / 1e6:.1f}"
+        lines.append(
+            f"| {r['split']} | {'x'.join(map(str, r['shape']))} | {r['codec']} | {r['rate']} | {r['bpfp']:.3f} | "
+            f"{r['feature_mse']:.4g} | {r['encode_ms']:.1f} | {r['decode_ms']:.1f} | {r['total_ms']:.1f} | {pps} |"
+        )
+    for name, why in result["skipped"].items():  # type: ignore[union-attr]
+        lines.append(f"| {name} | skipped: {why} | | | | | | | | |")
     return "\n".join(lines)

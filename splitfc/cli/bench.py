@@ -61,25 +61,53 @@ def register(sub: argparse._SubParsersAction) -> None:
         "and rate on random heavy-tailed (Student-t) features of a split's paper shape. Times come from runs "
         "without the memory sampler; memory from a separate encode + decode.",
     )
-    p.add_argument("--split", default="dinov2-cls", help="split whose paper shape to use (default dinov2-cls)")
+    p.add_argument("--split", default="dinov2-cls",
+                   help="split whose paper shape to use (default dinov2-cls); with --target-bpfp a comma-separated "
+                   "list or 'all'")
     p.add_argument("--codecs", type=_csv, default=None, help="comma-separated codecs (default: all registered)")
     p.add_argument("--rates", type=_ints, default=None, help="comma-separated rates (default: each codec's)")
     p.add_argument("--repeats", type=int, default=1, help="runs per point; the fastest time is kept")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--target-bpfp", type=float, default=None, metavar="BPFP",
+                   help="instead of the rate points: per split and codec, search the rate knob for the BPFP closest "
+                   "to this and time encode + decode there (feature points per second)")
+    p.add_argument("--one-core", action="store_true", help="pin the process to one CPU while measuring")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="JSON", help="output JSON file")
     p.set_defaults(func=cmd_bench_codecs)
 
 
 def cmd_bench_codecs(args: argparse.Namespace) -> int:
-    from splitfc.common.bench.codec_micro import format_table, run_codec_bench
+    from splitfc.common.bench.codec_micro import format_table, one_core, run_codec_bench
 
     if args.repeats < 1:
         raise SplitfcError("--repeats must be at least 1")
-    result = run_codec_bench(args.split, args.codecs, args.rates, args.repeats, args.seed)
+    if args.target_bpfp is not None:
+        return _speed_bench(args)
+    with one_core(args.one_core):
+        result = run_codec_bench(args.split, args.codecs, args.rates, args.repeats, args.seed)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2))
     print(f"split {result['split']}, features {'x'.join(map(str, result['shape']))} ({result['features']})")
     print(format_table(result))
+    print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+def _speed_bench(args: argparse.Namespace) -> int:
+    from splitfc.common.bench.codec_micro import format_speed_table, run_speed_bench
+    from splitfc.common.codecs import CODECS
+    from splitfc.common.specs import SPLITS, get_split
+
+    if args.rates:
+        raise SplitfcError("--rates and --target-bpfp exclude each other (the rate is searched)")
+    splits = list(SPLITS) if args.split == "all" else [get_split(s).id for s in _csv(args.split)]
+    codecs = args.codecs or [c for c in CODECS if CODECS[c].rate_name != "none"]
+    result = run_speed_bench(splits, codecs, args.target_bpfp, args.repeats, args.seed, args.one_core)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2))
+    cores = f"one core (CPU {result['cpu']})" if result["one_core"] else "all cores"
+    print(f"target {args.target_bpfp:g} BPFP, {cores}, fastest of {args.repeats}; {result['features']}")
+    print(format_speed_table(result))
     print(f"wrote {args.output}", file=sys.stderr)
     return 0
 
