@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="link rate in Mbit/s, shaped with tbf in both directions (repeatable; default 10)")
     p.add_argument("--point", action="append",
                    help="codec point: raw-f32, raw-f16 or CODEC:RATE such as vvenc:32 (repeatable; default: raw "
-                        "float32/float16 and the available vvenc/hevc/hyperprior at two rate points)")
+                        "float32/float16 and the available vvenc/hevc/hyperprior/native at two rate points)")
     p.add_argument("--split", default="dinov2-dpt",
                    help="split id (default dinov2-dpt, the largest tiny-preset features: 2x4x81x128)")
     p.add_argument("--preset", default="tiny", help=f"{PRESET_HELP}; both sides (default tiny)")
