@@ -23,6 +23,11 @@ identified by content, not by path or modification time:
 * **checkpoints**: SHA-256 of the hyperprior weights and of their JSON config for
   the (split, quality) a point codes with, and of the shared table file the
   checkpoint loader reads (``GAUSSIAN_TABLES``) where there is one.
+* **native transforms** (for ``native``): the ``SPLITFC_NATIVE_TRANSFORM`` /
+  ``SPLITFC_NATIVE_TRANSFORM_DIR`` settings and the SHA-256 of every artefact the
+  codec may load (the searched folders' ``*.safetensors``, a forced file), so a
+  Table 6 run (another split's transform, or ``none``) never reuses a default run's
+  points (`native_transforms_identity`).
 * **library versions** of the numerical packages on each path.
 
 `KeyContext` gathers these once per run. File hashes are cached per process by
@@ -313,13 +318,38 @@ def codec_tools(codec: str) -> dict[str, Any]:
     return tools
 
 
+def native_transforms_identity() -> dict[str, Any]:
+    """What the ``native`` codec's fitted channel transforms depend on: its settings and every artefact by content.
+
+    The searched folders' ``*.safetensors`` (user folder, then shipped) and, when
+    ``SPLITFC_NATIVE_TRANSFORM`` names a file, that file, each as (folder index or "forced",
+    name, SHA-256).
+    """
+    from splitfc.common.codecs.native_transform import transform_dirs
+    from splitfc.common.settings import native_transform_settings
+
+    settings = native_transform_settings()
+    files: list[list[Any]] = []
+    for i, folder in enumerate(transform_dirs()):
+        if Path(folder).is_dir():
+            files += [[i, p.name, file_digest(p)] for p in sorted(Path(folder).glob("*.safetensors"))]
+    forced = (settings.native_transform or "").strip()
+    if forced and Path(forced).expanduser().is_file():
+        files.append(["forced", Path(forced).name, file_digest(Path(forced).expanduser())])
+    return {"settings": settings.model_dump(mode="json"), "artefacts": files}
+
+
 def codec_identity(codec: str) -> dict[str, Any]:
     """A codec's name, external programs and module source (with what it imports: this adds
-    nothing for the codecs package's own codecs, but covers a codec registered from elsewhere)."""
+    nothing for the codecs package's own codecs, but covers a codec registered from elsewhere);
+    for ``native``, its fitted transforms (`native_transforms_identity`)."""
     from splitfc.common.codecs import CODECS
 
     cls = CODECS[codec]
-    return {"codec": codec, "tools": codec_tools(codec), "source": source_identity((cls.__module__,))}
+    out = {"codec": codec, "tools": codec_tools(codec), "source": source_identity((cls.__module__,))}
+    if codec == "native":
+        out["native_transforms"] = native_transforms_identity()
+    return out
 
 
 def codec_point_token(codec: str, split: str, rate: int) -> Any:
