@@ -235,3 +235,22 @@ def test_cli_fits_extracted_features_and_the_codec_finds_it(
     assert nt.find_native_transform("dinov2-cls", 6) == t
     code, err = _cli(capsys, "--split", "dinov2-seg", "--features", str(features))
     assert code == 2 and len(err) == 1 and "expects a 3-d tensor" in err[0]
+
+
+def test_cli_measure_a_transform_fitted_on_another_split(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    shipped = nt.find_native_transform("dinov2-cls", 128)
+    if shipped is None:
+        pytest.skip("no shipped tiny dinov2-cls transform")
+    code, err = _cli(capsys, "--split", "dinov2-seg", "--measure", shipped.hex_id)
+    assert code == 2 and len(err) == 1 and "--measure needs --held-back" in err[0]
+    out = tmp_path / "m.json"
+    assert main(["fit-codec", "--split", "dinov2-seg", "--measure", shipped.hex_id, "--held-back", "2",
+                 "--json", str(out)]) == 0
+    import json
+
+    rows = json.loads(out.read_text())
+    assert rows["fitted_on"] == "dinov2-cls" and rows["split"] == "dinov2-seg"
+    fractions = list(rows["held_back"]["compaction"].values())
+    assert fractions == sorted(fractions) and fractions[0] > 0 and fractions[-1] == pytest.approx(1.0)
+    assert rows["held_back"]["observations"] == 2 * 2 * 65  # 2 samples x 2 views x 65 tokens
+    assert not list(tmp_path.glob("*.safetensors"))  # nothing fitted or written

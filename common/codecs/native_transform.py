@@ -53,7 +53,8 @@ MAX_TRAINING_SAMPLES = 100
 ORTHONORMAL_TOLERANCE = 1e-4
 """Largest |B B^T - I| entry accepted when loading an artefact (float32 storage gives about 1e-7)."""
 _NAME = re.compile(r"^(?P<split>[A-Za-z0-9_-]+)\.c(?P<channels>[0-9]+)\.(?P<id>[0-9a-f]{16})\.safetensors$")
-_HEX_ID = re.compile(r"^[0-9a-fA-F]{16}$")
+HEX_ID = re.compile(r"^[0-9a-fA-F]{16}$")
+"""A transform id as written in settings and on the command line (16 hex digits)."""
 NONE = "none"
 """``SPLITFC_NATIVE_TRANSFORM=none``: no fitted transform for any split."""
 
@@ -405,7 +406,7 @@ def _forced(value: str) -> NativeTransform | str:
         return ""
     if value.lower() == NONE:
         return NONE
-    if _HEX_ID.match(value):
+    if HEX_ID.match(value):
         return get_native_transform(bytes.fromhex(value), honour_override=False)
     path = Path(value).expanduser()
     if not path.is_file():
@@ -463,7 +464,7 @@ def get_native_transform(transform_id: bytes, *, honour_override: bool = True) -
         return cached
     if honour_override:
         value = (_settings().native_transform or "").strip()
-        if value and value.lower() != NONE and not _HEX_ID.match(value) and Path(value).expanduser().is_file():
+        if value and value.lower() != NONE and not HEX_ID.match(value) and Path(value).expanduser().is_file():
             forced = load_native_transform(Path(value).expanduser())
             if forced.transform_id == transform_id:
                 return forced

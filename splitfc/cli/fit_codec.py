@@ -41,6 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", type=Path, metavar="PATH",
                    help="folder to write <split>.c<C>.<id>.safetensors into, or a .safetensors file "
                         "(default: SPLITFC_NATIVE_TRANSFORM_DIR, else ./native-transforms)")
+    p.add_argument("--measure", metavar="TRANSFORM",
+                   help="fit nothing: measure this transform (id or artefact path, e.g. fitted on another split) "
+                        "on --held-back N held-back samples of --split (paper Table 6)")
     p.add_argument("--json", type=Path, metavar="OUT", help="also write the fit and measurements as JSON")
     p.set_defaults(func=cmd_fit_codec)
 
@@ -64,16 +67,29 @@ def _command_line(args: argparse.Namespace) -> str:
 
 
 def cmd_fit_codec(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from splitfc.common.codecs import native_transform as nt
     from splitfc.common.models import check_preset
-    from splitfc.common.settings import native_transform_settings
     from splitfc.common.specs import get_split
 
     _check_args(args)
     check_preset(args.preset)
     spec = get_split(args.split)
+    if args.measure is not None:
+        rows = _measure_only(args, spec)
+    else:
+        rows = _fit(args, spec)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0
+
+
+def _fit(args: argparse.Namespace, spec: Any) -> dict[str, Any]:
+    import numpy as np
+
+    from splitfc.common.codecs import native_transform as nt
+    from splitfc.common.settings import native_transform_settings
+
     moments: nt.ChannelMoments | None = None
     count = 0
     for features in _training_features(args, spec):
@@ -106,26 +122,55 @@ def cmd_fit_codec(args: argparse.Namespace) -> int:
     print(f"wrote {transform.path} ({rows['bytes']} bytes)")
     print(_format("training", rows["training"]))
     if args.held_back:
-        held = nt.ChannelMoments(transform.channels)
-        held_count = 0
-        for features in _held_back_features(args, spec, args.held_back):
-            held.add(nt.feature_observations(features, spec))
-            held_count += 1
-        _, cov = held.mean_covariance()
-        components = np.einsum("ij,jk,ik->i", transform.basis, cov, transform.basis)
-        rows["held_back"] = {"samples": held_count, "observations": held.count,
-                             **_measures(components, np.diag(cov))}
-        print(_format(f"held-back ({held_count} samples)", rows["held_back"]))
+        rows["held_back"] = _held_back(args, spec, transform)
     searched = [d.resolve() for d in nt.transform_dirs()]
     if transform.path is not None and transform.path.parent.resolve() not in searched:
         print(f"the native codec finds it with SPLITFC_NATIVE_TRANSFORM_DIR={transform.path.parent} "
               f"(SPLITFC_NATIVE_TRANSFORM={transform.path} forces it on every {transform.channels}-channel split)",
               file=sys.stderr)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(rows, indent=2) + "\n")
-        print(f"wrote {args.json}", file=sys.stderr)
-    return 0
+    return rows
+
+
+def _measure_only(args: argparse.Namespace, spec: Any) -> dict[str, Any]:
+    """``--measure TRANSFORM``: no fit; that transform's compaction on this split's held-back samples
+    (paper Table 6: fitted on one split, applied to another)."""
+    from splitfc.common.codecs import native_transform as nt
+
+    if not args.held_back:
+        raise SplitfcError("--measure needs --held-back N (the held-back samples it is measured on)")
+    value = args.measure.strip()
+    if nt.HEX_ID.match(value):
+        transform = nt.get_native_transform(bytes.fromhex(value), honour_override=False)
+    else:
+        transform = nt.load_native_transform(Path(value).expanduser())
+    print(f"{spec.id} ({args.preset}): measuring native transform {transform.hex_id} (fitted on "
+          f"{transform.split_id}, {transform.channels} channels)")
+    return {"split": spec.id, "preset": args.preset, "transform_id": transform.hex_id,
+            "fitted_on": transform.split_id, "channels": transform.channels,
+            "held_back": _held_back(args, spec, transform)}
+
+
+def _held_back(args: argparse.Namespace, spec: Any, transform: Any) -> dict[str, Any]:
+    """Compaction and coding gain of ``transform``'s components on ``--held-back`` held-back samples
+    (variances about the held-back mean, components in the fitted order)."""
+    import numpy as np
+
+    from splitfc.common.codecs.native_transform import ChannelMoments, feature_observations
+
+    held = ChannelMoments(transform.channels)
+    count = 0
+    for features in _head_features(args, spec, args.held_back, train=False):
+        obs = feature_observations(features, spec)
+        if obs.shape[1] != transform.channels:
+            raise SplitfcError(f"transform {transform.hex_id} has {transform.channels} channels, split {spec.id} "
+                               f"({args.preset}) features have {obs.shape[1]}")
+        held.add(obs)
+        count += 1
+    _, cov = held.mean_covariance()
+    components = np.einsum("ij,jk,ik->i", transform.basis, cov, transform.basis)
+    rows = {"samples": count, "observations": held.count, **_measures(components, np.diag(cov))}
+    print(_format(f"held-back ({count} samples)", rows))
+    return rows
 
 
 def _measures(components: Any, channel_variances: Any) -> dict[str, Any]:
