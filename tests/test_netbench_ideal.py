@@ -19,8 +19,8 @@ def _report(n: int, bitstream: int, head: float, encode: float, decode: float, t
 
 
 def _rows() -> list[dict]:
-    # raw float32: 331,776 B up + 2,000 B down per request at 10 Mbit/s: transfer 267.0 ms;
-    # head 20, encode 1, server decode 1, tail 8; latency 330 ms, so 33 ms of fixed per-request costs.
+    # raw float32: a 331,776 B bitstream, 342,000 B up + 2,000 B down on the wire per request at 10 Mbit/s:
+    # transfer 275.2 ms; head 20, encode 1, server decode 1, tail 8; latency 330 ms, so 24.8 ms of fixed costs.
     raw = point_row(RAW_POINTS["raw-f32"], _report(2, 331_776, 20.0, 1.0, 1.0, 8.0, 330.0),
                     Counters(2 * 342_000, 500, 2 * 2_000, 100), 10.0)
     # a codec at 1 BPFP: 10,368 B bitstream, 11,000 B up + 2,000 B down: transfer 10.4 ms;
@@ -37,7 +37,9 @@ def test_ideal_latency_replaces_raw_bytes_and_drops_coding_time() -> None:
     raw_transfer = (342_000 + 2_000) * 8 / 10e6 * 1e3
     coded_transfer = (11_000 + 2_000) * 8 / 10e6 * 1e3
     assert raw["transfer_ms"] == pytest.approx(raw_transfer)
-    ideal = 330.0 - 1.0 - 1.0 - raw_transfer + coded_transfer
+    fixed = (330.0 - 20.0 - 1.0 - 1.0 - 8.0) - raw_transfer  # raw's network time less its transfer: 24.8 ms
+    assert fixed == pytest.approx(24.8)
+    ideal = 20.0 + 8.0 + fixed + coded_transfer  # the codec's own head and tail, no coding time
     assert coded["ideal_latency_ms"] == pytest.approx(ideal)
     assert coded["speedup_vs_raw_f32"] == pytest.approx(330.0 / 90.0)
     assert coded["ideal_speedup_vs_raw_f32"] == pytest.approx(330.0 / ideal)
@@ -46,6 +48,10 @@ def test_ideal_latency_replaces_raw_bytes_and_drops_coding_time() -> None:
     assert coded["speedup_of_ideal"] == pytest.approx(coded["speedup_vs_raw_f32"] / coded["ideal_speedup_vs_raw_f32"])
     # Raw itself: only its own coding time (2 ms) separates it from the ideal.
     assert raw["speedup_of_ideal"] == pytest.approx((330.0 - 2.0) / 330.0)
+    # A head/tail slower in the codec's requests (CPU contention) moves its ideal by as much.
+    busy = [raw, dict(coded, head_ms_mean=30.0, latency_ms_mean=100.0)]
+    add_speedups(busy)
+    assert busy[1]["ideal_latency_ms"] == pytest.approx(ideal + 10.0)
     assert coded["encode_ms_mean"] == 6.0 and coded["server_decode_ms_mean"] == 4.0 and coded["tail_ms_mean"] == 8.0
 
 
@@ -54,7 +60,7 @@ def test_the_ratio_falls_when_coding_time_eats_the_saving() -> None:
     slow = [raw, dict(coded, latency_ms_mean=coded["latency_ms_mean"] + 200.0)]  # 200 ms slower, same size
     add_speedups(slow)
     assert slow[1]["ideal_latency_ms"] == pytest.approx(coded["ideal_latency_ms"])  # the ideal ignores coding
-    assert coded["speedup_of_ideal"] == pytest.approx(63.2 / 90.0)  # 330 - 2 - 275.2 + 10.4 = 63.2 ms ideal
+    assert coded["speedup_of_ideal"] == pytest.approx(63.2 / 90.0)  # 20 + 8 + 24.8 + 10.4 = 63.2 ms ideal
     assert slow[1]["speedup_of_ideal"] == pytest.approx(coded["ideal_latency_ms"] / 290.0)
 
 

@@ -137,18 +137,18 @@ def point_row(point: Point, report: dict[str, Any], delta: Counters, rate_mbit: 
 
 
 def ideal_latency_ms(row: dict[str, Any], raw: dict[str, Any]) -> float | None:
-    """End-to-end latency (ms) a codec of ``row``'s size that took no time would have, from the ``raw`` run.
+    """End-to-end latency (ms) a codec of ``row``'s size that took no time would have on the same link.
 
-    The raw float32 run at the same link rate, minus its own coding time (edge encode, server
-    decode) and its transfer time (``transfer_ms``: its wire bytes, both directions as counted on
-    the veth, / rate), plus ``row``'s transfer time: the same link, head, tail and fixed
-    per-request costs (gRPC, TCP, the answer's decoding), with ``row``'s bytes and zero coding
-    time. None on an unshaped link (no rate to turn bytes into time).
+    ``row``'s own head and tail times (the same requests, so CPU contention on the head/tail
+    cancels), plus raw float32's network time at the same rate less its transfer time (its fixed
+    per-request costs: gRPC, TCP, the answer's decoding on the edge), plus ``row``'s transfer time
+    (``transfer_ms``: its wire bytes, both directions as counted on the veth, / rate). Coding time
+    (edge encode, server decode) is zero. None on an unshaped link (no rate to turn bytes into time).
     """
     if not row["rate_mbit"] or row["transfer_ms"] is None or raw["transfer_ms"] is None:
         return None
-    return (raw["latency_ms_mean"] - raw["encode_ms_mean"] - raw["server_decode_ms_mean"] - raw["transfer_ms"]
-            + row["transfer_ms"])
+    fixed = raw["network_ms_mean"] - raw["transfer_ms"]
+    return row["head_ms_mean"] + row["tail_ms_mean"] + fixed + row["transfer_ms"]
 
 
 def add_speedups(rows: list[dict[str, Any]]) -> None:
