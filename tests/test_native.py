@@ -7,18 +7,41 @@ import os
 import subprocess
 import sys
 import zlib
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
 
 from splitfc.common.bitstream import bitstream_stats, decode_features, encode_features, parse_bitstream
 from splitfc.common.codecs import get_codec
+from splitfc.common.codecs import native as nat
+from splitfc.common.codecs import native_entropy as ne
+from splitfc.common.codecs import native_transform as nt
 from splitfc.common.codecs.native import NativeCodec
 from splitfc.common.errors import BitstreamError, IntegrityError, SplitfcError, TooManyElementsError
+from splitfc.common.settings import native_transform_settings
 from splitfc.common.specs import get_split
 
 SHAPES = {"dinov2-cls": (65, 128), "dinov2-seg": (2, 65, 128), "dinov2-dpt": (2, 4, 81, 128),
           "llama3-csr": (24, 128), "sd3-tti": (16, 16, 16)}
+
+
+@pytest.fixture(autouse=True)
+def _no_transform(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Channels as components (``SPLITFC_NATIVE_TRANSFORM=none``) unless a test uses `_shipped_transforms`."""
+    monkeypatch.delenv("SPLITFC_NATIVE_TRANSFORM_DIR", raising=False)
+    monkeypatch.setenv("SPLITFC_NATIVE_TRANSFORM", "none")
+    native_transform_settings.cache_clear()
+    nt.clear_cache()
+    yield
+    native_transform_settings.cache_clear()
+    nt.clear_cache()
+
+
+def _shipped_transforms(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SPLITFC_NATIVE_TRANSFORM", raising=False)
+    native_transform_settings.cache_clear()
+    nt.clear_cache()
 
 
 def massive(shape: tuple[int, ...], seed: int = 0, channel_axis: int = -1) -> np.ndarray:
@@ -102,7 +125,7 @@ def test_step_changed_in_payload_is_an_integrity_error() -> None:
     """A payload whose step (or a symbol) differs from the encoder's decodes to other features: refused."""
     msg = encode_features(massive((65, 128)), "dinov2-cls", "native", 32)
     payload = bytearray(msg.payload)
-    payload[2] ^= 0x01  # lowest mantissa bit of the float32 step
+    payload[9] ^= 0x01  # lowest mantissa bit of the float32 step
     msg.payload = bytes(payload)
     msg.payload_crc32 = zlib.crc32(msg.payload)
     with pytest.raises(IntegrityError):
@@ -175,3 +198,172 @@ def test_payload_bound_is_below_its_cheapest_coding() -> None:
     flat = len(msg.payload) * 8 / x.size
     assert 0 < NativeCodec.min_payload_bits_per_element < flat, flat
     validate_bitstream(msg)
+
+
+# ---------------------------------------------------------------------------------------------- v2 parts
+
+TABLES_SHA256 = "bfea2d997af32600a552af7f89b416e7ea550f6be3c8ce8fed30bc94440166a1"
+"""Digest of every entropy table (half-width and float64 probabilities): the decoder's tables must be
+these bits on every machine (they are built with IEEE +, *, /, sqrt only)."""
+
+
+def test_entropy_tables_are_pinned() -> None:
+    import hashlib
+
+    h = hashlib.sha256()
+    for j in range(1, ne.CLASSES):
+        for t in range(len(ne.TILT_EIGHTHS)):
+            tab = ne.table(j, t)
+            h.update(np.int64(tab.half).tobytes())
+            h.update(tab.probabilities.astype("<f8").tobytes())
+            assert abs(tab.probabilities.sum() - 1.0) < 1e-9 and tab.probabilities.min() > 0
+    assert h.hexdigest() == TABLES_SHA256
+    with pytest.raises(BitstreamError):
+        ne.table(ne.CLASSES, 0)
+
+
+def test_symbol_coder_round_trips_escapes_and_classes() -> None:
+    """Values far beyond a table's half-width (escapes, both signs) and several classes in one stream."""
+    rng = np.random.default_rng(5)
+    small = rng.integers(-2, 3, 500)
+    wide = rng.laplace(0, 40, 300).astype(np.int64)
+    wide[[3, 77]] = [(1 << 29), -(1 << 29)]
+    writer = ne.SymbolWriter()
+    writer.add(small, 10, 2)
+    writer.add(wide, 3, 7)  # a narrow class: most of ``wide`` escapes
+    data = writer.finish()
+    reader = ne.SymbolReader(data)
+    np.testing.assert_array_equal(reader.read(500, 10, 2), small)
+    np.testing.assert_array_equal(reader.read(300, 3, 7), wide)
+    reader.check_done()
+    reader = ne.SymbolReader(data)
+    reader.read(500, 10, 2)
+    with pytest.raises(BitstreamError):  # stopping early: the stream is not at its end
+        reader.check_done()
+
+
+def test_entropy_coder_beats_zstd_byte_planes() -> None:
+    """The scale-class ANS coder spends >= 20% fewer bits than v1's zstd byte planes at one quantization."""
+    import zstandard
+
+    x = massive((257, 256), seed=6)
+    x *= np.exp(np.random.default_rng(6).normal(0, 1, 256)).astype(np.float32)  # channels of unequal scale
+    spec = get_split("dinov2-cls")
+    for rate in (27, 37):
+        coded = NativeCodec().encode(x, spec, rate)
+        _, _, step, *_ = nat.HEADER.unpack_from(coded.payload)
+        dc, q = nat._quantize(np.ascontiguousarray(x.T, dtype=np.float64), float(np.float32(step)))
+        q = q.astype(np.int64)
+        zz = ((q << 1) ^ (q >> 63)).astype(np.uint64)
+        width = int(zz.max()).bit_length() // 8 + 1
+        planes = b"".join(((zz >> (8 * i)) & 0xFF).astype(np.uint8).tobytes() for i in range(width))
+        zstd_bytes = len(zstandard.ZstdCompressor(level=3).compress(dc.astype("<i4").tobytes() + planes))
+        assert len(coded.payload) < 0.8 * zstd_bytes, (rate, len(coded.payload), zstd_bytes)
+
+
+def test_truncated_and_padded_payloads_are_clean_errors() -> None:
+    msg = encode_features(massive((65, 128), seed=7), "dinov2-cls", "native", 32)
+    for payload in (msg.payload[:-4], msg.payload[:-1], msg.payload + bytes(4), msg.payload[:nat.HEADER.size]
+                    + bytes(range(256)) * 4):
+        bad = type(msg)()
+        bad.CopyFrom(msg)
+        bad.payload = payload
+        bad.payload_crc32 = zlib.crc32(payload)
+        with pytest.raises(SplitfcError):
+            decode_features(bad)
+
+
+def test_claimed_symbols_beyond_the_payload_are_refused() -> None:
+    """A header whose classes claim far more symbol bits than the payload holds fails before decoding them."""
+    x = massive((65, 128), seed=8)
+    msg = encode_features(x, "dinov2-cls", "native", 32)
+    writer = ne.SymbolWriter()
+    writer.add(np.array([ne.CLASSES - 1] + [0] * 127), 40, 0)  # every component in the widest class
+    header = bytearray(msg.payload[:nat.HEADER.size])
+    header[22:24] = bytes([40, 0])  # class-index class and tilt
+    header[24] = 0  # no DCs
+    header[17:21] = (128).to_bytes(4, "little")
+    payload = bytes(header) + writer.finish()
+    msg.payload = payload
+    msg.payload_crc32 = zlib.crc32(payload)
+    with pytest.raises(BitstreamError, match="too short"):
+        decode_features(msg)
+
+
+def test_shipped_transform_round_trip_and_rate(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the tiny preset's shipped channel PCA: its id is in the payload, error stays within a step in
+    RMS, the knob stays monotonic, and a decoder without the artefact names the id."""
+    _shipped_transforms(monkeypatch)
+    spec = get_split("dinov2-cls")
+    transform = nt.find_native_transform("dinov2-cls", 128)
+    assert transform is not None
+    rng = np.random.default_rng(9)
+    x = (rng.standard_t(5, (65, 128)) * np.sqrt(transform.variances)) @ transform.basis + transform.mean
+    x = x.astype(np.float32)
+    results = []
+    for rate in NativeCodec.rates:
+        msg = encode_features(x, "dinov2-cls", "native", rate)
+        assert msg.payload[1:9] == transform.transform_id
+        y = decode_features(msg)
+        _, _, step, *_ = nat.HEADER.unpack_from(msg.payload)
+        err = y.astype(np.float64) - x
+        assert np.sqrt(np.mean(err ** 2)) <= 0.5 * step, rate
+        results.append((len(msg.payload), float(np.mean(err ** 2))))
+    assert all(a[0] > b[0] for a, b in itertools.pairwise(results)), results
+    assert all(a[1] < b[1] for a, b in itertools.pairwise(results)), results
+    assert spec.id == "dinov2-cls"
+    msg = encode_features(x, "dinov2-cls", "native", 32)
+    payload = bytearray(msg.payload)
+    payload[1:9] = bytes.fromhex("00112233445566ff")
+    msg.payload = bytes(payload)
+    msg.payload_crc32 = zlib.crc32(msg.payload)
+    with pytest.raises(BitstreamError, match="00112233445566ff"):
+        decode_features(msg)
+
+
+def test_transform_saves_bits_on_correlated_channels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Features drawn from the shipped PCA's own statistics cost fewer bits with it than without."""
+    transform = nt.find_native_transform("dinov2-seg", 128, honour_override=False)
+    assert transform is not None
+    rng = np.random.default_rng(10)
+    x = (rng.normal(size=(2, 65, 128)) * np.sqrt(transform.variances)) @ transform.basis + transform.mean
+    x = x.astype(np.float32)
+    plain = len(encode_features(x, "dinov2-seg", "native", 32).payload)
+    _shipped_transforms(monkeypatch)
+    fitted = len(encode_features(x, "dinov2-seg", "native", 32).payload)
+    assert fitted < 0.9 * plain, (plain, fitted)
+
+
+def test_exact_product_bound_is_enforced(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Integer coefficients whose basis product could pass 2**53 are refused, not rounded."""
+    transform = nt.find_native_transform("dinov2-cls", 128, honour_override=False)
+    assert transform is not None
+    fine = np.zeros((128, 3), np.int64)
+    fine[:, 0] = 1 << 40
+    with pytest.raises(BitstreamError, match="2\\*\\*53"):
+        nat._reconstruct(fine, np.zeros(128, np.int64), np.float32(1.0), transform, 128)
+    fine[:, 0] = 1 << 20
+    assert nat._reconstruct(fine, np.zeros(128, np.int64), np.float32(1.0), transform, 128).shape == (128, 3)
+
+
+@pytest.mark.parametrize("env", [
+    {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"},
+    {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2", "MKL_CBWR": "COMPATIBLE"},
+])
+def test_transform_decode_is_identical_in_another_process(
+    env: dict[str, str], tmp_path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The basis product (BLAS) gives the same bytes in another process with 1 or 2 threads."""
+    _shipped_transforms(monkeypatch)
+    x = massive((2, 4, 81, 128), seed=11)
+    msg = encode_features(x, "dinov2-dpt", "native", 27)
+    assert msg.payload[1:9] != nat.NO_TRANSFORM
+    here = decode_features(msg)
+    path = tmp_path / "b.bin"
+    path.write_bytes(msg.SerializeToString())
+    import hashlib
+
+    child_env = {k: v for k, v in os.environ.items() if k != "SPLITFC_NATIVE_TRANSFORM"}
+    out = subprocess.run([sys.executable, "-c", _DECODE_CHILD, str(path)], env={**child_env, **env},
+                         capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == hashlib.sha256(here.tobytes()).hexdigest()
