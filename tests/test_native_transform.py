@@ -254,3 +254,25 @@ def test_cli_measure_a_transform_fitted_on_another_split(tmp_path: Path, capsys:
     assert fractions == sorted(fractions) and fractions[0] > 0 and fractions[-1] == pytest.approx(1.0)
     assert rows["held_back"]["observations"] == 2 * 2 * 65  # 2 samples x 2 views x 65 tokens
     assert not list(tmp_path.glob("*.safetensors"))  # nothing fitted or written
+
+
+def test_cli_fits_on_training_samples_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    import splitfc.common.models as models
+
+    asked: list[tuple[str, int, str, bool]] = []
+    real = models.preset_samples
+
+    def recording(split_id: str, n: int, preset: str = "tiny", train: bool = False):
+        asked.append((split_id, n, preset, train))
+        return real(split_id, n, preset, train=train)
+
+    monkeypatch.setattr(models, "preset_samples", recording)
+    out = tmp_path / "fit.safetensors"
+    assert main(["fit-codec", "--split", "llama3-csr", "--samples", "3", "-o", str(out)]) == 0
+    assert asked == [("llama3-csr", 3, "tiny", True)]
+    t = nt.load_native_transform(out)
+    assert (t.split_id, t.channels, t.metadata["samples"], t.metadata["preset"]) == ("llama3-csr", 128, 3, "tiny")
+    train_ids = {s.id for s in real("llama3-csr", 3, "tiny", train=True)}
+    assert not train_ids & {s.id for s in real("llama3-csr", 20, "tiny", train=False)}
+    assert f"native transform {t.hex_id}" in capsys.readouterr().out
