@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import itertools
 import struct
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
@@ -151,21 +152,52 @@ def _reconstruct(
     return out
 
 
-def _quantize(y: np.ndarray, step: float) -> tuple[np.ndarray, np.ndarray]:
-    """Per-row DC (int64 (K,), units step / MEAN_GRID) and dead-zone symbols (int32 (K, N)) of ``y``
-    (float32 or float64 (K, N); the encoder's decisions need not be reproducible, only the decoder's)."""
+def _quantize(y: np.ndarray, step: float, with_error: bool = False) -> tuple[np.ndarray, np.ndarray, float]:
+    """Per-row DC (int64 (K,), units step / MEAN_GRID), dead-zone symbols (int32 (K, N)) of ``y``
+    (float32 or float64 (K, N); the encoder's decisions need not be reproducible, only the decoder's)
+    and, with ``with_error``, the squared error of the coefficients (else 0)."""
     fine_step = step / MEAN_GRID
     dc = np.rint(y.mean(axis=1, dtype=np.float64) / fine_step) if y.shape[1] else np.zeros(y.shape[0])
     if np.abs(dc).max(initial=0) > MAX_DC:
         raise SplitfcError("native cannot code these features: a channel mean spans more than 2**29 quantizer steps")
     scaled = y * (1.0 / step)
     scaled -= (dc / MEAN_GRID).astype(y.dtype)[:, None]
+    exact = scaled.copy() if with_error else None
     scaled += np.copysign(np.asarray(0.5 - DEAD_ZONE, y.dtype), scaled)
     np.trunc(scaled, out=scaled)
     largest = max(float(scaled.max()), -float(scaled.min())) if scaled.size else 0.0
     if largest > MAX_SYMBOL:
         raise SplitfcError("native cannot code these features: values span more than 2**26 quantizer steps")
-    return dc.astype(np.int64), scaled.astype(np.int32)
+    error = 0.0
+    if exact is not None:
+        exact -= scaled
+        error = float(np.einsum("ij,ij->", exact, exact, dtype=np.float64)) * step * step
+    return dc.astype(np.int64), scaled.astype(np.int32), error
+
+
+LAMBDA = 2 * np.log(2) / 12
+"""Lagrange multiplier of squared error per bit, in units of step**2 (high-rate uniform quantizer:
+dD/dR = -2 ln 2 D, D = step**2 / 12); the encoder keeps a transform only where it lowers D + lambda R."""
+
+
+@dataclass(frozen=True)
+class _Quantized:
+    """Components quantized at one step, with their entropy classes and estimated cost."""
+
+    dc: np.ndarray
+    q: np.ndarray
+    tilt: int
+    classes: np.ndarray
+    cost: float
+    """Squared error + LAMBDA * step**2 * (estimated symbol bits + about 6 side bits per coded component)
+    (0 error term when it was not asked for)."""
+
+    @classmethod
+    def of(cls, y: np.ndarray, step: np.float32, with_error: bool) -> _Quantized:
+        dc, q, error = _quantize(y, float(step), with_error)
+        tilt, classes, bits = ne.choose_classes(q)
+        side = 6.0 * int(np.count_nonzero((classes > 0) | (dc != 0)))
+        return cls(dc, q, tilt, classes, error + LAMBDA * float(step) ** 2 * (bits + side))
 
 
 @register_codec
@@ -178,7 +210,9 @@ class NativeCodec(Codec):
                                   "+ scale-class ANS (no packing)")
     truncation: ClassVar = None
     rate_name: ClassVar[str] = "step"
-    rates: ClassVar[tuple[int, ...]] = (22, 27, 32, 37, 42)
+    rates: ClassVar[tuple[int, ...]] = (22, 27, 32, 37, 42, 47, 52)
+    """Down to about 0.03 BPFP: fitted transforms on real features reach the frame codecs' lowest rates
+    only at the coarse end (small-preset Cls: hevc QP 42 0.03 BPFP; native step 42 0.12)."""
     rate_bounds: ClassVar[tuple[int, int]] = (0, 63)
     min_payload_bits_per_element: ClassVar[float] = 2.0 ** -24
     """Below every real coding: a tensor costs at least the header (264 bits) whatever its size, so
@@ -205,13 +239,16 @@ class NativeCodec(Codec):
         if not (np.isfinite(step) and step > 0):
             raise SplitfcError(f"native cannot code these features: quantizer step {float(step)!r}")
         transform = _find_transform(spec.id, channels)
+        plain = _Quantized.of(x, step, transform is not None)
         coded = None
         if transform is not None:
             b, _ = integer_basis(transform)
             y = (b @ (x - np.asarray(transform.mean, np.float64)[:, None])) * 2.0 ** -BASIS_BITS
-            coded = self._code(y, step, transform, channels)
+            fitted = _Quantized.of(y, step, True)
+            if fitted.cost < plain.cost:  # the transform is kept only where it pays (estimate)
+                coded = self._code(fitted, step, transform, channels)
         if coded is None:
-            coded = self._code(x, step, None, channels)
+            coded = self._code(plain, step, None, channels)
         assert coded is not None
         payload, recon = coded
         out = self._to_layout(recon, features.shape, axis, features.dtype)
@@ -219,12 +256,11 @@ class NativeCodec(Codec):
 
     @staticmethod
     def _code(
-        y: np.ndarray, step: np.float32, transform: NativeTransform | None, channels: int,
+        quantized: _Quantized, step: np.float32, transform: NativeTransform | None, channels: int,
     ) -> tuple[bytes, np.ndarray] | None:
-        """Payload and float32 (channels, N) reconstruction of components ``y`` (K, N); None when a
+        """Payload and float32 (channels, N) reconstruction of quantized components; None when a
         transform's exact product bound would be exceeded (the caller codes without it)."""
-        dc, q = _quantize(y, float(step))
-        tilt, classes, _ = ne.choose_classes(q)
+        dc, q, tilt, classes = quantized.dc, quantized.q, quantized.tilt, quantized.classes
         nonzero = np.flatnonzero((classes > 0) | (dc != 0))
         k = int(nonzero[-1]) + 1 if nonzero.size else 0
         q, dc, classes = q[:k], dc[:k], classes[:k]
