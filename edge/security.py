@@ -4,10 +4,16 @@ TLS when ``tls_ca`` is set (or ``tls`` for the system roots), mutual TLS with ``
 ``tls_key``. Plaintext is used to a loopback target, or anywhere with ``allow_plaintext``
 (``--insecure``); otherwise `channel_for` refuses. The token (``token_file`` or ``token``) goes as
 ``authorization: Bearer <token>`` metadata on every call.
+
+A loopback target (localhost, 127.0.0.0/8, ::1, a unix socket: `is_loopback_target`) never goes
+through an HTTP proxy: gRPC honours ``grpc_proxy`` / ``https_proxy`` / ``http_proxy`` for loopback
+targets too unless ``no_proxy`` lists the host, and a proxy cannot reach this machine's loopback
+anyway, so its channels get `LOOPBACK_CHANNEL_OPTIONS`. Other targets use the proxy as gRPC does.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -17,6 +23,13 @@ from splitfc.common.errors import SplitfcError
 from splitfc.common.transport import is_loopback
 from splitfc.edge.settings import EdgeSettings
 
+LOOPBACK_CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (("grpc.enable_http_proxy", 0),)
+"""Channel arguments added for a loopback target: no HTTP proxy, whatever the environment says."""
+PROXY_VARIABLES = ("grpc_proxy", "https_proxy", "http_proxy")
+"""Environment variables gRPC core reads a proxy from (lower case only), the first one set wins
+(gRPC's doc/environment_variables.md)."""
+UNIX_SCHEMES = ("unix:", "unix-abstract:")
+
 
 def target_host(target: str) -> str:
     """The host of ``host:port`` / ``[v6]:port`` / ``dns:///host:port``."""
@@ -24,6 +37,37 @@ def target_host(target: str) -> str:
     if t.startswith("["):
         return t[1:].split("]", 1)[0]
     return t.rsplit(":", 1)[0] if t.count(":") == 1 else t
+
+
+def is_loopback_target(target: str) -> bool:
+    """True for a target on this machine: a loopback host (`is_loopback` of `target_host`) or a unix socket."""
+    if target.startswith(UNIX_SCHEMES):
+        return True
+    return is_loopback(target_host(target))
+
+
+def channel_options(target: str, settings: EdgeSettings) -> list[tuple[str, int | str]]:
+    """Channel arguments for ``target``: ``settings.grpc_options()``, plus `LOOPBACK_CHANNEL_OPTIONS` for a
+    loopback target (`is_loopback_target`)."""
+    options: list[tuple[str, int | str]] = list(settings.grpc_options())
+    if is_loopback_target(target):
+        options.extend(LOOPBACK_CHANNEL_OPTIONS)
+    return options
+
+
+def proxy_note(target: str) -> str:
+    """``""``, or a sentence naming the proxy variable a channel to ``target`` may go through (for error
+    messages): only for a non-loopback target, and only when one of `PROXY_VARIABLES` is set.
+    ``no_grpc_proxy`` / ``no_proxy`` are not evaluated here: the note says "may"."""
+    if is_loopback_target(target):
+        return ""
+    for name in PROXY_VARIABLES:
+        value = os.environ.get(name)
+        if value:
+            shown = value.rsplit("@", 1)[-1]  # never a user:password of the proxy URL
+            return (f" (the channel may go through the proxy {shown} of {name}: "
+                    f"list {target_host(target)} in no_proxy to connect directly)")
+    return ""
 
 
 def _read(path: Path, what: str) -> bytes:
@@ -53,9 +97,9 @@ def call_metadata(settings: EdgeSettings) -> tuple[tuple[str, str], ...]:
 
 
 def channel_for(target: str, settings: EdgeSettings, warn: bool = True) -> grpc.aio.Channel:
-    """An aio channel to ``target`` under the TLS policy of ``settings``."""
+    """An aio channel to ``target`` under the TLS policy of ``settings``, with `channel_options`."""
     s = settings
-    options: list[tuple[str, int | str]] = list(s.grpc_options())
+    options = channel_options(target, s)
     if (s.tls_cert is None) != (s.tls_key is None):
         raise SplitfcError(
             "mutual TLS needs both SPLITFC_EDGE_TLS_CERT and SPLITFC_EDGE_TLS_KEY (--tls-cert/--tls-key)"
