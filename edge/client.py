@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import grpc
 
 from splitfc.common.transport import MIN_MESSAGE_BYTES, bitstream_room
-from splitfc.edge.security import call_metadata, channel_for
+from splitfc.edge.security import call_metadata, channel_for, proxy_note
 from splitfc.edge.settings import EdgeSettings
 from splitfc.v1 import service_pb2 as svc
 from splitfc.v1 import service_pb2_grpc as svc_grpc
@@ -36,6 +36,8 @@ RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
 ALWAYS_FITS = bitstream_room(MIN_MESSAGE_BYTES)
 """Bitstreams up to this size fit one message of any server (none accepts a smaller message limit)."""
 INFO_TIMEOUT_S = 5.0
+UNREADY_PROBE_S = 2.0
+"""`wait_ready`'s last GetInfo, after its timeout, that learns why the server cannot be reached."""
 
 
 @dataclass
@@ -159,8 +161,19 @@ class EdgeClient:
                 if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                     raise
             if time.monotonic() >= end:
-                raise TimeoutError(f"server {self.target} not ready after {timeout:.0f} s")
+                reason = await self._unready_reason()
+                raise TimeoutError(f"server {self.target} not ready after {timeout:.0f} s{reason}")
             await asyncio.sleep(0.1)
+
+    async def _unready_reason(self) -> str:
+        """Why the server is not ready, for `wait_ready`'s error: ``": STATUS: details"`` (and `proxy_note`)
+        of one GetInfo without wait_for_ready (which hides a connection failure behind DEADLINE_EXCEEDED),
+        taking up to `UNREADY_PROBE_S`; ``": it answers ready = false"`` when it answers; never raises."""
+        try:
+            info = await self.info(timeout=UNREADY_PROBE_S, wait_for_ready=False)
+        except grpc.aio.AioRpcError as exc:
+            return f": {exc.code().name}: {exc.details() or 'no detail'}{proxy_note(self.target)}"
+        return ": it answers ready = false" if not info.ready else ""
 
     def request_messages(self, request_id: str, data: bytes) -> tuple[bool, list[bytes]]:
         """(chunked, serialized messages) of one bitstream: one ``InferRequest``, or the ``BitstreamChunk`` s."""
