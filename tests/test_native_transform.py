@@ -276,3 +276,20 @@ def test_cli_fits_on_training_samples_only(tmp_path: Path, monkeypatch: pytest.M
     train_ids = {s.id for s in real("llama3-csr", 3, "tiny", train=True)}
     assert not train_ids & {s.id for s in real("llama3-csr", 20, "tiny", train=False)}
     assert f"native transform {t.hex_id}" in capsys.readouterr().out
+
+
+def test_get_by_id_skips_a_damaged_copy_for_a_good_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    good = _save(tmp_path / "good")
+    user = tmp_path / "user"
+    user.mkdir()
+    damaged = user / good.path.name
+    damaged.write_bytes(good.path.read_bytes()[:-1] + b"\x00")
+    monkeypatch.setattr(nt, "SHIPPED_DIR", tmp_path / "empty")
+    _use(monkeypatch, native_transform_dir=user)
+    with pytest.raises(nt.TransformFileError, match="corrupt or was edited"):
+        nt.get_native_transform(good.transform_id)  # the only copy searched is damaged
+    monkeypatch.setattr(nt, "SHIPPED_DIR", tmp_path / "good")  # a good copy in the next folder
+    nt.clear_cache()
+    assert nt.get_native_transform(good.transform_id) == good
+    with pytest.raises(nt.TransformFileError, match="corrupt or was edited"):
+        nt.find_native_transform("dinov2-cls", 6)  # by name the user's file comes first: refused, no fallback

@@ -453,7 +453,7 @@ def get_native_transform(transform_id: bytes, *, honour_override: bool = True) -
     Looked for in the file ``SPLITFC_NATIVE_TRANSFORM`` names (if it is a path), then as
     ``*.<hex id>.safetensors`` in ``SPLITFC_NATIVE_TRANSFORM_DIR`` and the shipped folder. Raises
     `UnknownTransformError` (a `BitstreamError`) naming the id and how to get the artefact when it is not
-    here, `TransformFileError` when its file is corrupt.
+    here, `TransformFileError` when every file of that id is corrupt (a damaged copy is skipped for a good one).
     """
     transform_id = bytes(transform_id)
     if len(transform_id) != ID_BYTES:
@@ -469,8 +469,14 @@ def get_native_transform(transform_id: bytes, *, honour_override: bool = True) -
             if forced.transform_id == transform_id:
                 return forced
     hex_id = transform_id.hex()
+    first_error: TransformFileError | None = None
     for path in _artefacts(f"*.{hex_id}{SUFFIX}"):
-        return load_native_transform(path)
+        try:
+            return load_native_transform(path)
+        except TransformFileError as exc:  # a damaged copy: another folder may hold a good one
+            first_error = first_error or exc
+    if first_error is not None:
+        raise first_error
     where = ", ".join(str(d) for d in transform_dirs())
     raise UnknownTransformError(
         f"native transform {hex_id} is not here (looked in {where}): copy its artefact "
