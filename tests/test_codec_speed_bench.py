@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from splitfc.common.bench import codec_micro
-from splitfc.common.bench.codec_micro import one_core, rate_for_bpfp, run_speed_bench
+from splitfc.common.bench.codec_micro import one_core, rate_for_bpfp, run_speed_bench, synthetic_features
 from splitfc.common.codecs import CODECS
 from splitfc.common.errors import SplitfcError
 
@@ -88,3 +88,27 @@ def test_cli_refuses_rates_with_a_target(tmp_path: Path, capsys: pytest.CaptureF
     code = main(["bench-codecs", "--codecs", "native", "--rates", "32", "--target-bpfp", "1",
                  "-o", str(tmp_path / "x.json")])
     assert code == 2 and "exclude each other" in capsys.readouterr().err
+
+
+def test_correlated_features_share_principal_directions_across_seeds() -> None:
+    """sd3-tti (16 channels first): one fixed mixing, so a PCA fitted on seed 1 compacts seed 0."""
+    def channel_rows(x: np.ndarray) -> np.ndarray:
+        return x.reshape(16, -1).astype(np.float64)
+
+    plain = channel_rows(synthetic_features("sd3-tti", 0))
+    mixed = channel_rows(synthetic_features("sd3-tti", 0, correlated=True))
+    train = channel_rows(synthetic_features("sd3-tti", 1, correlated=True))
+    assert np.sqrt(np.mean(mixed ** 2)) == pytest.approx(np.sqrt(np.mean(plain ** 2)), rel=0.15)
+    _, vecs = np.linalg.eigh(np.cov(train))
+    top = vecs[:, -1]  # the training seed's first principal direction
+    share = float(np.var(top @ mixed) / np.var(mixed, axis=1).sum())
+    assert share > 0.4  # s_1^2 / sum s_k^2 = 1 / 1.58 for 16 channels; plain channels would give ~1/16
+    assert float(np.var(top @ plain) / np.var(plain, axis=1).sum()) < 0.15
+    assert not np.array_equal(mixed, channel_rows(synthetic_features("sd3-tti", 2, correlated=True)))
+
+
+def test_cli_correlated_needs_a_target(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from splitfc.cli import main
+
+    assert main(["bench-codecs", "--codecs", "native", "--correlated", "-o", str(tmp_path / "x.json")]) == 2
+    assert "--correlated needs --target-bpfp" in capsys.readouterr().err

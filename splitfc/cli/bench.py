@@ -72,6 +72,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="instead of the rate points: per split and codec, search the rate knob for the BPFP closest "
                    "to this and time encode + decode there (feature points per second)")
     p.add_argument("--one-core", action="store_true", help="pin the process to one CPU while measuring")
+    p.add_argument("--correlated", action="store_true",
+                   help="with --target-bpfp: mix the synthetic channels by a fixed matrix (correlated channels, "
+                   "as real features; a channel transform fitted on other seeds applies)")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="JSON", help="output JSON file")
     p.set_defaults(func=cmd_bench_codecs)
 
@@ -81,6 +84,8 @@ def cmd_bench_codecs(args: argparse.Namespace) -> int:
 
     if args.repeats < 1:
         raise SplitfcError("--repeats must be at least 1")
+    if args.correlated and args.target_bpfp is None:
+        raise SplitfcError("--correlated needs --target-bpfp")
     if args.target_bpfp is not None:
         return _speed_bench(args)
     with one_core(args.one_core):
@@ -102,7 +107,8 @@ def _speed_bench(args: argparse.Namespace) -> int:
         raise SplitfcError("--rates and --target-bpfp exclude each other (the rate is searched)")
     splits = list(SPLITS) if args.split == "all" else [get_split(s).id for s in _csv(args.split)]
     codecs = args.codecs or [c for c in CODECS if CODECS[c].rate_name != "none"]
-    result = run_speed_bench(splits, codecs, args.target_bpfp, args.repeats, args.seed, args.one_core)
+    result = run_speed_bench(splits, codecs, args.target_bpfp, args.repeats, args.seed, args.one_core,
+                             args.correlated)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2))
     cores = f"one core (CPU {result['cpu']})" if result["one_core"] else "all cores"
