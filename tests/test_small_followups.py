@@ -183,9 +183,11 @@ def test_demo_loopback_ignores_a_proxy_in_the_environment(tmp_path: Path) -> Non
 
 
 def test_demo_channel_options_turn_the_proxy_off() -> None:
-    from splitfc.cli.demo import loopback_edge_settings
+    # The demo's edge talks to 127.0.0.1: the edge's own loopback rule turns the proxy off (edge.security).
+    from splitfc.edge.security import channel_options
+    from splitfc.edge.settings import EdgeSettings
 
-    assert ("grpc.enable_http_proxy", 0) in loopback_edge_settings().grpc_options()
+    assert ("grpc.enable_http_proxy", 0) in channel_options("127.0.0.1:50051", EdgeSettings())
 
 
 def test_failed_samples_reason_printed_once_per_reason() -> None:

@@ -133,22 +133,6 @@ def models_note(preset: str, splits: list[str]) -> str:
     return "\n".join(lines)
 
 
-LOOPBACK_CHANNEL_OPTIONS = (("grpc.enable_http_proxy", 0),)
-"""The demo's channels go to its own cloud on 127.0.0.1: never through a proxy named by http_proxy /
-https_proxy / grpc_proxy (gRPC honours them for loopback targets too, unless NO_PROXY lists the host)."""
-
-
-def loopback_edge_settings() -> Any:
-    """`EdgeSettings` (env ``SPLITFC_EDGE_*``) whose channels add `LOOPBACK_CHANNEL_OPTIONS`."""
-    from splitfc.edge.settings import EdgeSettings
-
-    class LoopbackEdgeSettings(EdgeSettings):
-        def grpc_options(self) -> list[tuple[str, int]]:
-            return [*super().grpc_options(), *LOOPBACK_CHANNEL_OPTIONS]
-
-    return LoopbackEdgeSettings()
-
-
 def failure_note(split: str, report: dict[str, Any]) -> str | None:
     """One line per distinct reason the split's failed samples gave (status and error), with how many
     gave it; None when every sample succeeded."""
@@ -172,6 +156,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from splitfc.common.errors import SplitfcError
     from splitfc.common.jsonlog import json_logger, silent_logger
     from splitfc.edge.runner import EdgeRunConfig, run_edge
+    from splitfc.edge.settings import EdgeSettings
 
     if (args.samples is not None and args.samples < 1) or args.concurrency < 1:
         raise SplitfcError("--samples and --concurrency must be >= 1")
@@ -198,7 +183,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"edge: {samples_note(args.samples, preset)}, codec {codec}" + ("" if codec == "raw" else f" QP {qp}"),
             file=sys.stderr, flush=True,
         )
-        edge_settings = loopback_edge_settings()
+        # The cloud is on 127.0.0.1: the edge's loopback channels never use an http_proxy (edge.security).
+        edge_settings = EdgeSettings()
         for split in splits:
             config = EdgeRunConfig(
                 server=ep.grpc_target, split=split, codec=codec, qp=qp,
