@@ -64,7 +64,8 @@ def proxy_note(target: str) -> str:
     for name in PROXY_VARIABLES:
         value = os.environ.get(name)
         if value:
-            shown = value.rsplit("@", 1)[-1]  # never a user:password of the proxy URL
+            scheme, _, rest = value.rpartition("://")
+            shown = (scheme + "://" if scheme else "") + rest.rsplit("@", 1)[-1]  # never the URL's user:password
             return (f" (the channel may go through the proxy {shown} of {name}: "
                     f"list {target_host(target)} in no_proxy to connect directly)")
     return ""
