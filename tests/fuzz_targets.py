@@ -118,6 +118,10 @@ def seed_bitstreams(codec: str) -> tuple[bytes, ...]:
             out.append(encode_features(features, split, codec, rate).SerializeToString())
         except SplitfcError:
             continue  # e.g. no hyperprior checkpoint for this split
+    if codec == "native":  # also a bitstream of its token-transform path (tokens correlated along the axis)
+        rng = np.random.default_rng(0)
+        tokens = np.cumsum(rng.standard_normal((65, 128)), axis=0).astype(np.float32)
+        out.append(encode_features(tokens, "dinov2-cls", codec, rate).SerializeToString())
     return tuple(out)
 
 

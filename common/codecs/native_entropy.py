@@ -158,6 +158,41 @@ def choose_classes(symbols: np.ndarray) -> tuple[int, np.ndarray, float]:
     return tilt, np.where(live, classes + 1, 0), bits
 
 
+def choose_band_classes(bands: list[np.ndarray]) -> tuple[int, np.ndarray, tuple[int, ...], float]:
+    """Tilt, per-component classes (int64 (K,)), per-band class offsets and estimated bits for symbols
+    in bands (each int (K, n_b)): band ``b`` of component ``k`` is coded with class ``clip(c_k + o_b,
+    1, CLASSES - 1)`` (0 where ``c_k`` is 0: the component is all zero in every band)."""
+    if len(bands) == 1:
+        tilt, classes, bits = choose_classes(bands[0])
+        return tilt, classes, (0,), bits
+    stats = [row_statistics(b) if b.shape[1] else None for b in bands]
+    live_any = np.zeros(bands[0].shape[0], bool)
+    for st in stats:
+        if st is not None:
+            live_any |= st[:, 1] > 0
+    every = np.concatenate([st for st in stats if st is not None])
+    live = every[every[:, 1] > 0]
+    sample = live[:: max(1, len(live) // TILT_SAMPLE_ROWS)]
+    tilt = int(np.argmin(class_costs(sample).min(axis=2).sum(axis=0))) if sample.size else 0
+    costs = [class_costs(st, tilt) if st is not None else None for st in stats]
+    best = [np.argmin(c, axis=1) if c is not None else None for c in costs]
+    ref = max((b for b in range(len(bands)) if stats[b] is not None), key=lambda b: float(stats[b][:, 2].sum()
+                                                                                         + stats[b][:, 1].sum()))
+    offsets = []
+    for b, bb in enumerate(best):
+        both = live_any if bb is None else live_any & (stats[b][:, 1] > 0) & (stats[ref][:, 1] > 0)
+        offsets.append(int(np.clip(np.median(bb[both] - best[ref][both]), -60, 60)) if bb is not None
+                       and both.any() else 0)
+    scales = len(SCALE_R)
+    total = np.zeros((bands[0].shape[0], scales))
+    for c, o in zip(costs, offsets, strict=True):
+        if c is not None:
+            total += c[:, np.clip(np.arange(scales) + o, 0, scales - 1)]
+    classes = np.argmin(total, axis=1)
+    bits = float(np.where(live_any, total[np.arange(len(classes)), classes], 0.0).sum())
+    return tilt, np.where(live_any, classes + 1, 0), tuple(offsets), bits
+
+
 def choose_class(values: np.ndarray) -> tuple[int, int]:
     """Best (class, tilt) for one 1-D array coded as a single row."""
     tilt, classes, _ = choose_classes(values.reshape(1, -1))
