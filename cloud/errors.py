@@ -12,7 +12,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import Self
 
-from splitfc.common.errors import CodecUnavailableError, SplitfcError
+from splitfc.common.errors import ArtefactUnavailableError, CodecUnavailableError, SplitfcError
 
 
 class Status(Enum):
@@ -31,6 +31,7 @@ class Status(Enum):
 
 STATUS_BY_ERROR: tuple[tuple[type[SplitfcError], Status], ...] = (
     (CodecUnavailableError, Status.FAILED_PRECONDITION),
+    (ArtefactUnavailableError, Status.FAILED_PRECONDITION),
     (SplitfcError, Status.INVALID_ARGUMENT),
 )
 """The first entry whose type matches the error decides its status (most specific first)."""

@@ -91,6 +91,13 @@ class IntegrityError(BitstreamError):
     reason: ClassVar[str] = "integrity"
 
 
+class ArtefactUnavailableError(BitstreamError):
+    """A bitstream that needs a fitted artefact this side does not have (e.g. the native codec's channel
+    transform named by its id): the bitstream may be fine, this installation lacks what decodes it."""
+
+    reason: ClassVar[str] = "artefact_unavailable"
+
+
 class CodecUnavailableError(SplitfcError, RuntimeError):
     """A codec whose external binary or library is missing here."""
 

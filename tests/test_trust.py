@@ -28,6 +28,7 @@ from splitfc.common.bitstream import (
 )
 from splitfc.common.codecs import get_codec
 from splitfc.common.codecs.base import Encoded
+from splitfc.common.codecs.native_transform import UnknownTransformError
 from splitfc.common.codecs.raw import RawCodec
 from splitfc.common.errors import (
     BitstreamError,
@@ -194,6 +195,8 @@ def test_every_error_type_has_its_own_reason() -> None:
         (errors.IntegrityError("x"), Status.INVALID_ARGUMENT, "integrity"),
         (errors.NonFiniteError("x"), Status.INVALID_ARGUMENT, "non_finite"),
         (errors.CodecUnavailableError("x"), Status.FAILED_PRECONDITION, "codec_unavailable"),
+        (errors.ArtefactUnavailableError("x"), Status.FAILED_PRECONDITION, "artefact_unavailable"),
+        (UnknownTransformError("x"), Status.FAILED_PRECONDITION, "unknown_transform"),
         # message texts full of other reasons' words choose nothing
         (BitstreamError("version CRC unknown codec over the limit protobuf parse failed"),
          Status.INVALID_ARGUMENT, "decode"),

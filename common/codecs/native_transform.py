@@ -37,7 +37,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from splitfc.common.errors import BitstreamError, SplitfcError
+from splitfc.common.errors import ArtefactUnavailableError, SplitfcError
 from splitfc.common.specs import SplitSpec
 from splitfc.common.untrusted import quote
 
@@ -59,7 +59,7 @@ NONE = "none"
 """``SPLITFC_NATIVE_TRANSFORM=none``: no fitted transform for any split."""
 
 
-class UnknownTransformError(BitstreamError):
+class UnknownTransformError(ArtefactUnavailableError):
     """A bitstream naming a native transform id whose artefact is not here (or a forced one that is absent)."""
 
     reason: ClassVar[str] = "unknown_transform"
@@ -452,7 +452,7 @@ def get_native_transform(transform_id: bytes, *, honour_override: bool = True) -
 
     Looked for in the file ``SPLITFC_NATIVE_TRANSFORM`` names (if it is a path), then as
     ``*.<hex id>.safetensors`` in ``SPLITFC_NATIVE_TRANSFORM_DIR`` and the shipped folder. Raises
-    `UnknownTransformError` (a `BitstreamError`) naming the id and how to get the artefact when it is not
+    `UnknownTransformError` (FAILED_PRECONDITION on the cloud) naming the id and how to get the artefact when it is not
     here, `TransformFileError` when every file of that id is corrupt (a damaged copy is skipped for a good one).
     """
     transform_id = bytes(transform_id)
