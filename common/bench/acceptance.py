@@ -9,7 +9,7 @@ left out that beats the others. A codec with a negative BD-rate against the enve
 bits than whichever anchor is best at each quality. Reported beside it, as cross-checks: the
 BD-rate against each anchor alone, and the worst (largest) of those, which is not the envelope
 figure (each anchor is integrated over its own overlap) but says the same when one anchor is best
-everywhere.
+everywhere; the -30 % target counts as met only when both are at most -30 % (`acceptance`).
 
 Two quality axes, both higher-is-better:
 
@@ -108,8 +108,11 @@ def acceptance(points: list[dict[str, Any]], codecs: Sequence[str], metrics: dic
     """For every split and every codec run that is not an anchor: `best_of` on task accuracy and feature MSE.
 
     ``points`` are `report.build_results`' aggregated points, ``metrics`` its per-split metric
-    info (``higher_is_better``). ``meets_target`` is True when the task BD-rate against the envelope
-    is at most `TARGET_BD_RATE`, False when above, None when undefined.
+    info (``higher_is_better``). ``meets_target`` (on task accuracy) is None when the BD-rate against
+    the envelope is undefined, else True only when it and every defined single-anchor BD-rate are at
+    most `TARGET_BD_RATE`: beating the best of the anchors implies beating each, and with few samples
+    (accuracy in steps of 100/N) the envelope's wider overlap alone can give a lower figure than an
+    anchor alone.
     """
     present = [a for a in anchors if a in codecs]
     out: list[dict[str, Any]] = []
@@ -124,7 +127,9 @@ def acceptance(points: list[dict[str, Any]], codecs: Sequence[str], metrics: dic
             entry = {"split": split, "test": test, "task": best_of(task, test, present),
                      "feature_mse": best_of(mse, test, present)}
             bd = entry["task"]["best_of"]["bd_rate"]
-            entry["meets_target"] = None if bd is None else bd <= TARGET_BD_RATE
+            worst = entry["task"]["worst_single"]
+            entry["meets_target"] = None if bd is None else (
+                bd <= TARGET_BD_RATE and (worst is None or worst <= TARGET_BD_RATE))
             out.append(entry)
     return out
 
