@@ -118,10 +118,13 @@ def seed_bitstreams(codec: str) -> tuple[bytes, ...]:
             out.append(encode_features(features, split, codec, rate).SerializeToString())
         except SplitfcError:
             continue  # e.g. no hyperprior checkpoint for this split
-    if codec == "native":  # also a bitstream of its token-transform path (tokens correlated along the axis)
+    if codec == "native":  # also bitstreams of its token-transform path (tokens correlated along the axis)
         rng = np.random.default_rng(0)
         tokens = np.cumsum(rng.standard_normal((65, 128)), axis=0).astype(np.float32)
         out.append(encode_features(tokens, "dinov2-cls", codec, rate).SerializeToString())
+        view = rng.standard_normal((65, 128)).astype(np.float32)  # and of its mirrored-views path (Seg)
+        flipped = view[np.r_[0, 1 + (np.arange(64) // 8) * 8 + 7 - np.arange(64) % 8]]
+        out.append(encode_features(np.stack([view, flipped]), "dinov2-seg", codec, rate).SerializeToString())
     return tuple(out)
 
 

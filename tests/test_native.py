@@ -427,3 +427,45 @@ def test_bad_token_block_is_refused() -> None:
         bad.payload_crc32 = zlib.crc32(bad.payload)
         with pytest.raises(BitstreamError):
             decode_features(bad)
+
+
+def _mirrored_views(seed: int, side: int = 8, channels: int = 32) -> np.ndarray:
+    """dinov2-seg-like (2, 1 + side**2, C) features whose second view is the first mirrored plus noise."""
+    rng = np.random.default_rng(seed)
+    first = rng.standard_t(5, (1 + side * side, channels)) * np.linspace(0.5, 3.0, channels)
+    second = first[nat.mirror_permutation(1 + side * side, side)] + 0.3 * rng.standard_normal(first.shape)
+    return np.stack([first, second]).astype(np.float32)
+
+
+def test_mirrored_views_round_trip_and_save_bits() -> None:
+    """Seg's flipped second view: coded as sum/difference (header flag), error within half a step in RMS,
+    monotonic, and fewer bits than the same views unmirrored (where the flag stays off)."""
+    x = _mirrored_views(14)
+    results = []
+    for rate in NativeCodec.rates:
+        msg = encode_features(x, "dinov2-seg", "native", rate)
+        y = decode_features(msg)
+        _, _, step, *_ = nat.HEADER.unpack_from(msg.payload)
+        if rate <= 37:
+            assert msg.payload[nat.HEADER.size - 1] & nat.MIRROR_FLAG, rate
+        err = y.astype(np.float64) - x
+        assert np.sqrt(np.mean(err ** 2)) <= 0.5 * step, rate
+        results.append((len(msg.payload), float(np.mean(err ** 2))))
+    _assert_monotonic(results)
+    shuffled = np.stack([x[0], np.random.default_rng(1).permutation(x[1])])
+    plain = encode_features(shuffled, "dinov2-seg", "native", 27)
+    assert not plain.payload[nat.HEADER.size - 1] & nat.MIRROR_FLAG
+    mirrored = encode_features(x, "dinov2-seg", "native", 27)
+    assert len(mirrored.payload) < 0.85 * len(plain.payload)
+    assert np.mean((decode_features(mirrored) - x) ** 2) < np.mean((decode_features(plain) - shuffled) ** 2)
+    assert nat.mirror_permutation(65, 8)[[0, 1, 8, 9]].tolist() == [0, 8, 1, 16]
+
+
+def test_mirror_flag_on_a_shape_without_views_is_refused() -> None:
+    msg = encode_features(_token_correlated((65, 32), seed=15), "dinov2-cls", "native", 32)
+    payload = bytearray(msg.payload)
+    payload[nat.HEADER.size - 1] |= nat.MIRROR_FLAG
+    msg.payload = bytes(payload)
+    msg.payload_crc32 = zlib.crc32(msg.payload)
+    with pytest.raises(BitstreamError, match="mirrored"):
+        decode_features(msg)

@@ -47,6 +47,7 @@ import itertools
 import math
 import struct
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
@@ -148,6 +149,11 @@ class Bands:
     outer: int
     length: int
     block: int
+    mirror: int = 0
+    """Grid side ``g`` when the row is 2 views of ``1 + g * g`` tokens (a class token, then a g x g patch
+    grid) whose second view is the first mirrored left to right (a flip test-time augmentation): the
+    views first go through an orthonormal sum and difference at mirrored positions, and each of the two
+    halves is then banded as above (the sum's bands first; DCs on the sum only). 0: no mirror."""
 
     @property
     def lead(self) -> int:
@@ -157,9 +163,15 @@ class Bands:
     def blocks(self) -> int:
         return self.length // self.block if self.block else 0
 
+    def _half(self) -> Bands:
+        return Bands(1, self.length, self.block)
+
     @property
     def sizes(self) -> list[int]:
         """Symbols per component in each band."""
+        if self.mirror:
+            half = self._half().sizes
+            return half + half
         if not self.block:
             return [self.outer * self.length]
         return [self.outer * self.lead] + [self.outer * self.blocks] * self.block
@@ -170,9 +182,14 @@ class Bands:
 
     def analyse(self, y: np.ndarray) -> list[np.ndarray]:
         """Bands (each (K, size)) of float components ``y`` (K, outer * length) (encoder only)."""
+        k = y.shape[0]
+        if self.mirror:
+            z = y.reshape(k, 2, self.length)
+            other = z[:, 1][:, mirror_permutation(self.length, self.mirror)]
+            half = self._half()
+            return half.analyse((z[:, 0] + other) * INV_SQRT2) + half.analyse((z[:, 0] - other) * INV_SQRT2)
         if not self.block:
             return [y]
-        k = y.shape[0]
         z = y.reshape(k, self.outer, self.length)
         body = z[:, :, self.lead:].reshape(k, self.outer, self.blocks, self.block) @ (HADAMARD * INV_SQRT_BLOCK)
         return [np.ascontiguousarray(z[:, :, :self.lead]).reshape(k, -1)] + [
@@ -180,10 +197,21 @@ class Bands:
 
     def synthesise(self, bands: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
         """Integer-valued float64 (K, outer * length) and the per-position factor (None: all 1) from
-        integer-valued float64 bands: ``HADAMARD`` sums 8 integers below 2**40, so it is exact."""
+        integer-valued float64 bands: ``HADAMARD`` sums 8 integers below 2**40 and the mirror adds or
+        subtracts two such sums, so both are exact."""
+        k = bands[0].shape[0]
+        if self.mirror:
+            half = self._half()
+            n = len(bands) // 2
+            total, factor = half.synthesise(bands[:n])
+            diff, _ = half.synthesise(bands[n:])
+            z = np.empty((k, 2, self.length))
+            z[:, 0] = total + diff
+            z[:, 1, mirror_permutation(self.length, self.mirror)] = total - diff
+            factor = np.ones(self.length) if factor is None else factor
+            return z.reshape(k, -1), np.tile(factor * INV_SQRT2, 2)
         if not self.block:
             return bands[0], None
-        k = bands[0].shape[0]
         z = np.empty((k, self.outer, self.length))
         z[:, :, :self.lead] = bands[0].reshape(k, self.outer, self.lead)
         coef = np.stack([b.reshape(k, self.outer, self.blocks) for b in bands[1:]], axis=-1)
@@ -191,6 +219,40 @@ class Bands:
         factor = np.full((self.outer, self.length), INV_SQRT_BLOCK)
         factor[:, :self.lead] = 1.0
         return z.reshape(k, -1), factor.reshape(-1)
+
+
+INV_SQRT2 = 1.0 / math.sqrt(2.0)
+MIRROR_FLAG = 0x80
+"""Bit of the header's token-block byte that says the two views are coded as mirrored sum/difference."""
+
+
+@lru_cache(maxsize=16)
+def mirror_permutation(length: int, side: int) -> np.ndarray:
+    """Token order of a view mirrored left to right: the class token stays, patch (r, c) <-> (r, side-1-c)."""
+    t = np.arange(length)
+    r, c = np.divmod(t[1:] - 1, side)
+    t[1:] = 1 + r * side + (side - 1 - c)
+    return t
+
+
+def mirror_side(shape: tuple[int, ...], axis: int, spec: SplitSpec) -> int:
+    """Patch-grid side g when the tensor is 2 views x (1 + g*g) tokens of a split with views, else 0."""
+    rest = [n for i, n in enumerate(shape) if i != axis]
+    if "views" not in spec.layout or len(rest) != 2 or rest[0] != 2 or rest[1] < 2:
+        return 0
+    side = math.isqrt(rest[1] - 1)
+    return side if side * side == rest[1] - 1 else 0
+
+
+def mirror_correlation(y: np.ndarray, length: int, side: int, rows: int = 64) -> float:
+    """Correlation of the two views at mirrored positions over the ``rows`` largest-energy rows."""
+    energy = np.einsum("ij,ij->i", y, y)
+    z = y[np.argsort(energy)[-rows:]].reshape(-1, 2, length).astype(np.float64)
+    a = z[:, 0] - z[:, 0].mean(axis=1, keepdims=True)
+    b = z[:, 1][:, mirror_permutation(length, side)]
+    b = b - b.mean(axis=1, keepdims=True)
+    den = float(np.sqrt(np.sum(a * a) * np.sum(b * b)))
+    return float(np.sum(a * b) / den) if den > 0 else 0.0
 
 
 def token_shape(shape: tuple[int, ...], axis: int) -> tuple[int, int]:
@@ -218,7 +280,7 @@ def _reconstruct(
     k = q[0].shape[0]
     tokens = bands.outer * bands.length
     scale = np.float64(step) / MEAN_GRID
-    if transform is None and not bands.block:  # the same operations in blocks of rows that stay in cache
+    if transform is None and not bands.block and not bands.mirror:  # the same operations in cache-sized blocks
         out = np.zeros((channels, tokens), np.float32)
         rows = max(1, BLOCK_ELEMENTS // 16 // max(tokens, 1))
         for c0 in range(0, k, rows):
@@ -437,6 +499,7 @@ class NativeCodec(Codec):
         if not (np.isfinite(step) and step > 0):
             raise SplitfcError(f"native cannot code these features: quantizer step {float(step)!r}")
         outer, length = token_shape(features.shape, axis)
+        side = mirror_side(features.shape, axis, spec)
         transform = _find_transform(spec.id, channels)
         inputs: list[tuple[np.ndarray, NativeTransform | None]] = [(x, None)]
         if transform is not None:
@@ -445,9 +508,12 @@ class NativeCodec(Codec):
             inputs.insert(0, (y, transform))
         candidates = []
         for comps, tr in inputs:
-            layouts = [Bands(outer, length, 0)]
+            blocks = [0]
             if length >= TOKEN_BLOCK and adjacent_correlation(comps, length) > TOKEN_CORRELATION:
-                layouts.append(Bands(outer, length, TOKEN_BLOCK))
+                blocks.append(TOKEN_BLOCK)
+            layouts = [Bands(outer, length, block) for block in blocks]
+            if side and mirror_correlation(comps, length, side) > TOKEN_CORRELATION:
+                layouts += [Bands(outer, length, block, side) for block in blocks]
             with_error = len(inputs) + len(layouts) > 2
             candidates += [(_Quantized.of(comps, step, bands, with_error), tr) for bands in layouts]
         coded = None
@@ -486,8 +552,9 @@ class NativeCodec(Codec):
             for rows, j in _class_groups(band_classes(classes, offset)):
                 writer.add(qb[rows].ravel(), j, tilt)
         tid = transform.transform_id if transform is not None else NO_TRANSFORM
-        header = HEADER.pack(VERSION, tid, step, channels, k, tilt, *side, *dc_class, bands.block)
-        if bands.block:
+        layout = bands.block | (MIRROR_FLAG if bands.mirror else 0)
+        header = HEADER.pack(VERSION, tid, step, channels, k, tilt, *side, *dc_class, layout)
+        if len(offsets) > 1:
             header += struct.pack(f"<{len(offsets)}b", *offsets)
         return header + writer.finish(), recon
 
@@ -506,7 +573,8 @@ class NativeCodec(Codec):
         payload = coded.payload
         if len(payload) < HEADER.size:
             raise BitstreamError(f"native payload has {len(payload)} bytes, shorter than its {HEADER.size}-byte header")
-        got_version, tid, step, channels, k, tilt, side_j, side_t, dc_j, dc_t, block = HEADER.unpack_from(payload)
+        got_version, tid, step, channels, k, tilt, side_j, side_t, dc_j, dc_t, layout = HEADER.unpack_from(payload)
+        block = layout & ~MIRROR_FLAG
         axis = channel_axis(spec, len(shape))
         if got_version != VERSION:
             raise BitstreamError(f"native payload header is corrupt (version {got_version})")
@@ -520,14 +588,17 @@ class NativeCodec(Codec):
         outer, length = token_shape(shape, axis)
         if block not in (0, TOKEN_BLOCK) or block > length:
             raise BitstreamError(f"native payload names a token block of {block} for {length} tokens")
-        bands = Bands(outer, length, block)
+        mirror = mirror_side(shape, axis, spec) if layout & MIRROR_FLAG else 0
+        if layout & MIRROR_FLAG and not mirror:
+            raise BitstreamError(f"native payload codes mirrored views, the shape {shape} has no 2 views of a grid")
+        bands = Bands(outer, length, block, mirror)
         start = HEADER.size
         offsets: tuple[int, ...] = (0,)
-        if block:
-            start += block + 1
+        if len(bands.sizes) > 1:
+            start += len(bands.sizes)
             if len(payload) < start:
                 raise BitstreamError(f"native payload has {len(payload)} bytes, shorter than its header")
-            offsets = struct.unpack_from(f"<{block + 1}b", payload, HEADER.size)
+            offsets = struct.unpack_from(f"<{len(bands.sizes)}b", payload, HEADER.size)
         step = np.float32(step)
         if not (np.isfinite(step) and step > 0):
             raise BitstreamError(f"native payload has an invalid quantizer step {float(step)!r}")
