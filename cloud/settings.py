@@ -70,6 +70,13 @@ class CloudSettings(GrpcChannelSettings):
     max_batch_delay_ms: float = Field(2.0, ge=0)
     """Longest a decoded request waits for more requests to join its batch; a batch also starts as soon
     as it is full or no admitted request is still being decoded."""
+    inline_decode_max_bytes: int = Field(0, ge=0)
+    """With batching: a raw-coded request of at most this many bytes, on the wire and decoded (float32),
+    is decoded on the event loop instead of in a worker thread (the hop costs more than such a decode;
+    e.g. 262144 for tiny splits, docs/serving.md); 0 (default): every decode in the pool."""
+    inline_tail_max_ms: float = Field(0.5, ge=0)
+    """With batching: a split whose batched tail has cost at most this much CPU per request (measured on
+    its batches so far) runs its batches on the event loop instead of a worker thread; 0: always the pool."""
     # -- hardening (docs/hardening.md) --------------------------------------------------------
     tls_cert: Path | None = None
     """PEM server certificate (chain): TLS on both the gRPC and the HTTP port. Needs ``tls_key``."""
