@@ -64,6 +64,14 @@ class FairSlots:
         self.queued = n
         self._on_queue_change(n)
 
+    def try_acquire(self, client: str) -> bool:
+        """Take a free slot for ``client`` now if there is one (what `acquire` does without waiting)."""
+        if self.free > 0:
+            self.free -= 1
+            self._grant(client)
+            return True
+        return False
+
     async def acquire(self, client: str) -> None:
         """Take a slot for ``client``, waiting in the queue if needed; raises `RequestFailed` (queue)."""
         if self.free > 0:  # a free slot means nobody live is waiting (release hands slots to waiters first)

@@ -85,6 +85,7 @@ class TailBatcher:
         max_delay_s: float,
         counter: Counter,
         logger: logging.Logger,
+        inline_max_s: float = 0.0,
     ) -> None:
         self.executor = executor
         self.slots = slots
@@ -99,6 +100,12 @@ class TailBatcher:
         """Keys with a dispatch waiting for a worker slot (one at a time per key)."""
         self.holding = 0
         """Worker slots held by batches now."""
+        self.inline_max_s = inline_max_s
+        """A key whose tail has cost at most this per request (`tail_cost`) runs its batches on the event
+        loop, holding their worker slot meanwhile; 0: every batch in the pool."""
+        self.tail_cost: dict[BatchKey, float] = {}
+        """Per key, the CPU seconds per request of its recent batched tails (thread CPU time, moving
+        average over batches run so far, wherever they ran); unknown until its first batch has run."""
 
     def requests_in_flight(self) -> int:
         """Requests queued for a slot or holding one (decoding): those that may still join a batch."""
@@ -183,9 +190,17 @@ class TailBatcher:
             self.slots.release(client)
             return
         self.holding += 1
+        cost = self.tail_cost.get(key)
+        if cost is not None and cost * len(group) <= self.inline_max_s * self.max_batch_size:
+            # A tail this cheap costs less than the hop to a worker thread and back, and run there it
+            # contends with this loop for the GIL on every torch op: run it here (the slot is held).
+            for req in group:
+                resolve(req.tail_started, None)
+            self._batch_done(client, group, self.run_batch(key[0], group, key))
+            return
         loop = asyncio.get_running_loop()
         try:
-            cfut = self.executor.submit(self.run_batch, key[0], group)
+            cfut = self.executor.submit(self.run_batch, key[0], group, key)
         except RuntimeError:
             self.holding -= 1
             self.slots.release(client)
@@ -198,11 +213,14 @@ class TailBatcher:
         cfut.add_done_callback(lambda f: loop.call_soon_threadsafe(self._batch_done, client, group, f))
 
     def _batch_done(self, client: str, group: list[TailRequest], cfut: Any) -> None:
+        """A batch ended: ``cfut`` is its pool future, or (run on the loop) `run_batch`'s outcomes."""
         self.holding -= 1
         self.slots.release(client)
         self.poke()
-        if cfut.cancelled():
-            outcomes: list[Any] = [RequestFailed(Status.UNAVAILABLE, "server is shutting down")] * len(group)
+        if isinstance(cfut, list):
+            outcomes: list[Any] = cfut
+        elif cfut.cancelled():
+            outcomes = [RequestFailed(Status.UNAVAILABLE, "server is shutting down")] * len(group)
         else:
             outcomes = cfut.result()  # run_batch never raises
         for req, outcome in zip(group, outcomes, strict=True):
@@ -215,9 +233,10 @@ class TailBatcher:
         resolve(req.tail_started, None)
 
     # -- the worker thread side ---------------------------------------------------------------
-    def run_batch(self, split: str, group: list[TailRequest]) -> list[Any]:
-        """Run one batch's tail (worker thread): per request ``(TaskResult, tail s, batch size)`` or a
-        `RequestFailed`; never raises. Requests stopped since the dispatch are not run."""
+    def run_batch(self, split: str, group: list[TailRequest], key: BatchKey | None = None) -> list[Any]:
+        """Run one batch's tail (worker thread, or the loop for cheap tails): per request ``(TaskResult,
+        tail s, batch size)`` or a `RequestFailed`; never raises. Requests stopped since the dispatch are
+        not run. Updates ``tail_cost[key]``."""
         outcomes: list[Any] = [None] * len(group)
         run = []
         for i, req in enumerate(group):
@@ -228,7 +247,7 @@ class TailBatcher:
         if not run:
             return outcomes
         model = group[run[0]].model
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.thread_time()
         try:
             results = [task_result_to_proto(o) for o in model.tail_batch([group[i].features for i in run])]
             if len(results) != len(run):
@@ -239,6 +258,10 @@ class TailBatcher:
                                  exc_info=True)
             results = [self._single(split, group[i]) for i in run]
         tail_s = time.perf_counter() - t0
+        if key is not None:
+            per_request = (time.thread_time() - cpu0) / len(run)
+            last = self.tail_cost.get(key)
+            self.tail_cost[key] = per_request if last is None else 0.8 * last + 0.2 * per_request
         self.counter.labels(split, str(len(run))).inc()
         for i, result in zip(run, results, strict=True):
             outcomes[i] = result if isinstance(result, RequestFailed) else (result, tail_s, len(run))

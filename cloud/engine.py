@@ -44,6 +44,7 @@ from splitfc.common.specs import SPLITS
 from splitfc.common.transport import MAX_REQUEST_ID_CHARS
 from splitfc.common.untrusted import clip
 from splitfc.common.wire import task_result_to_proto
+from splitfc.v1 import bitstream_pb2 as svc_bitstream
 from splitfc.v1 import service_pb2 as svc
 
 ModelLoader = Callable[[str, str], SplitModel]
@@ -99,6 +100,9 @@ class InferenceEngine:
         self.batcher: TailBatcher | None = None
         """Dynamic batching of the tail (`splitfc.cloud.batching`): on when ``max_batch_size`` > 1."""
         self._batches = batch_counter(metrics.registry)
+        self._children: dict[tuple[str, str], Any] = {}
+        """Per (split, codec) label values (closed sets: `split_label`, `codec_label`), the metric children
+        `finish` updates."""
         self.upload_budget = ByteBudget(
             settings.max_buffered_upload_bytes, metrics.buffered_upload_bytes.set, settings.upload_bytes_per_client(),
         )
@@ -125,7 +129,7 @@ class InferenceEngine:
         if self.settings.max_batch_size > 1:
             self.batcher = TailBatcher(
                 self._executor, self._slots, self.settings.max_batch_size, self.settings.max_batch_delay_ms / 1e3,
-                self._batches, self.log,
+                self._batches, self.log, self.settings.inline_tail_max_ms / 1e3,
             )
 
     def shutdown(self) -> None:
@@ -268,6 +272,36 @@ class InferenceEngine:
         finally:
             del data
 
+    INLINE_CODECS = frozenset({"raw"})
+    """Codecs whose decode runs in this process in numpy alone (no external decoder, no model), at a cost
+    proportional to the decoded bytes: the ones `_inline_decodable` lets run on the event loop."""
+
+    def _inline_decodable(self, payload: Payload) -> svc_bitstream.FeatureBitstream | None:
+        """The parsed bitstream of a request cheap enough to decode on the event loop, else None.
+
+        Cheap: an `INLINE_CODECS` codec, one tensor, and at most ``inline_decode_max_bytes`` both on the
+        wire and decoded (float32, from the declared shape): about 0.07 ms for tiny dinov2-cls (66 KB
+        decoded), where a hop to a worker thread and back costs more than that on the event loop alone.
+        Everything else (and anything that does not parse: the worker reports the error) goes to the
+        pool. The request holds its worker slot meanwhile, as in the pool."""
+        limit = self.settings.inline_decode_max_bytes
+        data = payload.data
+        if limit <= 0 or data is None:
+            return None
+        if isinstance(data, bytes):
+            if len(data) > limit:
+                return None
+            try:
+                data = parse_bitstream(data)
+            except SplitfcError:
+                return None
+        if data.codec.codec not in self.INLINE_CODECS or len(data.tensors) != 1 or data.ByteSize() > limit:
+            return None
+        shape = data.tensors[0].shape
+        if len(shape) > 8 or any(d < 0 for d in shape) or prod(int(d) for d in shape) * 4 > limit:
+            return None
+        return data
+
     def _decode_outcome(
         self, payload: Payload, rec: RequestRecord, stop: WorkStop,
     ) -> tuple[str, SplitModel, np.ndarray, float] | RequestFailed:
@@ -301,12 +335,13 @@ class InferenceEngine:
         slots, loop = self._slots, self._loop
         assert slots is not None and loop is not None
         t_queue = time.perf_counter()
-        try:
-            async with asyncio.timeout(None if stop.deadline is None else stop.deadline - time.monotonic()):
-                await slots.acquire(rec.client)
-        except TimeoutError:
-            raise RequestFailed(Status.DEADLINE_EXCEEDED, "deadline expired while the request was queued; "
-                                "not started") from None
+        if not slots.try_acquire(rec.client):  # no free slot: wait in the queue, within the deadline
+            try:
+                async with asyncio.timeout(None if stop.deadline is None else stop.deadline - time.monotonic()):
+                    await slots.acquire(rec.client)
+            except TimeoutError:
+                raise RequestFailed(Status.DEADLINE_EXCEEDED, "deadline expired while the request was queued; "
+                                    "not started") from None
         queue_s = time.perf_counter() - t_queue
         if stop.reason() is not None:
             slots.release(rec.client)
@@ -370,10 +405,10 @@ class InferenceEngine:
         tail_started: asyncio.Future[None] = loop.create_future()
         answer: asyncio.Future[Any] = loop.create_future()
 
-        def after_decode(cfut: Any) -> None:  # event loop, whether or not the caller still waits
+        def after_decode(outcome: Any) -> None:  # event loop, whether or not the caller still waits
             slots.release(client)
-            outcome = RequestFailed(Status.UNAVAILABLE, "server is shutting down") if cfut.cancelled() \
-                else cfut.result()
+            if outcome is None:  # the pool's future was cancelled
+                outcome = RequestFailed(Status.UNAVAILABLE, "server is shutting down")
             if isinstance(outcome, RequestFailed) or stop.reason() is not None or answer.done():
                 resolve(answer, outcome if isinstance(outcome, RequestFailed)
                         else stop.failure("during decoding; tail skipped"))
@@ -386,13 +421,19 @@ class InferenceEngine:
             rec.timings_ms["decode_ms"] = decode_s * 1e3
             batcher.add((split, self.settings.preset), TailRequest(features, model, rec, stop, answer, tail_started))
 
-        try:
-            cfut = self._executor.submit(self._decode_outcome, payload, rec, stop)
-        except RuntimeError:
-            slots.release(client)
-            raise RequestFailed(Status.UNAVAILABLE, "server is shutting down") from None
-        cfut.add_done_callback(lambda f: loop.call_soon_threadsafe(after_decode, f))
-        del cfut
+        parsed = self._inline_decodable(payload)
+        if parsed is not None:  # small, in-process codec: decoded here, no thread hop (see _inline_decodable)
+            after_decode(self._pool_outcome(self.decode, Payload(parsed), rec, stop))
+        else:
+            try:
+                cfut = self._executor.submit(self._decode_outcome, payload, rec, stop)
+            except RuntimeError:
+                slots.release(client)
+                raise RequestFailed(Status.UNAVAILABLE, "server is shutting down") from None
+            cfut.add_done_callback(lambda f: loop.call_soon_threadsafe(after_decode, f.result() if not f.cancelled()
+                                                                       else None))
+            del cfut
+        del parsed
         limit = self.settings.max_decode_seconds
         # (what to wait for, whether max_decode_seconds runs meanwhile, where the request is)
         phases = ((decoded, True, "during decoding"), (tail_started, False, "while waiting for its batch; not run"),
@@ -401,6 +442,8 @@ class InferenceEngine:
             for fut, timed, where in phases:
                 if answer.done():
                     break
+                if fut.done():  # e.g. decoded on the loop: nothing to wait for
+                    continue
                 waits = [limit] if timed and limit > 0 else []
                 if stop.deadline is not None:
                     waits.append(stop.deadline - time.monotonic())
@@ -429,13 +472,22 @@ class InferenceEngine:
         """Count and log one finished request (any status)."""
         split, codec = split_label(rec.split), codec_label(rec.codec)
         m = self.metrics
+        children = self._children.get((split, codec))
+        if children is None:  # labels() costs a lock and a dict lookup each: resolved once per label set
+            children = self._children[(split, codec)] = (
+                [(f"{stage}_ms", m.stage_seconds.labels(split, stage))
+                 for stage in ("queue", "decode", "tail", "total")],
+                m.bitstream_bytes.labels(split, codec), m.payload_bytes.labels(split, codec),
+                m.bpfp.labels(split, codec),
+            )
         m.requests.labels(split, codec, rec.status).inc()
         if rec.status == "OK":
-            for stage in ("queue", "decode", "tail", "total"):
-                m.stage_seconds.labels(split, stage).observe(rec.timings_ms[f"{stage}_ms"] / 1e3)
-            m.bitstream_bytes.labels(split, codec).observe(rec.stats["total_bytes"])
-            m.payload_bytes.labels(split, codec).inc(rec.stats["payload_bits"] // 8)
-            m.bpfp.labels(split, codec).observe(rec.stats["bpfp"])
+            stages, bitstream_bytes, payload_bytes, bpfp = children
+            for name, child in stages:
+                child.observe(rec.timings_ms[name] / 1e3)
+            bitstream_bytes.observe(rec.stats["total_bytes"])
+            payload_bytes.inc(rec.stats["payload_bits"] // 8)
+            bpfp.observe(rec.stats["bpfp"])
         if self.log.isEnabledFor(logging.INFO):
             fields: dict[str, Any] = {
                 "side": "cloud", "event": "request", "request_id": clip(rec.request_id, MAX_REQUEST_ID_CHARS),
@@ -464,8 +516,13 @@ class InferenceEngine:
     async def run(
         self, method: str, request_id: str, data: Bitstream | Payload | None, t_start: float,
         deadline: float | None = None, failure: RequestFailed | None = None, client: str = "",
+        defer_ok: Callable[[RequestRecord], None] | None = None,
     ) -> tuple[InferOutcome | None, RequestFailed | None]:
         """Process one request and account for it: (outcome, None) or (None, failure).
+
+        ``defer_ok``: an OK request's record is handed to it instead of being counted and logged here; the
+        caller must pass it to `finish` once it knows how the answer's send ended (a send that ends after
+        the caller's deadline is the caller's DEADLINE_EXCEEDED, not an OK).
 
         ``deadline`` is the caller's deadline on ``time.monotonic()``'s clock (None: none);
         ``failure`` is an error the entrypoint found before (the request is counted with it); ``client``
@@ -510,4 +567,7 @@ class InferenceEngine:
         finally:
             payload.drop()
             self.metrics.inflight.dec()
-            self.finish(rec)
+            if defer_ok is not None and rec.status == "OK":
+                defer_ok(rec)
+            else:
+                self.finish(rec)

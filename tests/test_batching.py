@@ -169,7 +169,9 @@ def test_a_request_whose_deadline_passes_while_waiting_for_its_batch_is_not_run(
 
     monkeypatch.setattr(engine_module, "decode_features", decode)
     recorder = _Recording(get_split_model(split, "tiny"))
-    engine = _engine(recorder, max_concurrency=2, max_batch_size=8, max_batch_delay_ms=60_000)
+    # decodes in the pool (a decode held up on the event loop would hold up everything)
+    engine = _engine(recorder, max_concurrency=2, max_batch_size=8, max_batch_delay_ms=60_000,
+                     inline_decode_max_bytes=0)
     early_mark = float(real(engine_module.parse_bitstream(early)).flat[0])
 
     async def scenario() -> tuple[Any, Any]:
@@ -190,6 +192,47 @@ def test_a_request_whose_deadline_passes_while_waiting_for_its_batch_is_not_run(
     assert "waiting for its batch" in failure.message and "not run" in failure.message
     assert no is None and ok.request_id == "slow"
     assert recorder.sizes == [1] and early_mark not in recorder.firsts
+
+
+@pytest.mark.parametrize("inline", [True, False])
+def test_cheap_decodes_and_tails_run_on_the_loop_and_answer_the_same(inline: bool) -> None:
+    """Tiny Cls (raw, 33 KB): decoded on the event loop, and once its first batch has measured the tail
+    as cheap, its batches run there too; with the inline settings at 0 everything goes to the pool. The
+    answers equal the unbatched engine's byte for byte either way."""
+    split = "dinov2-cls"
+    data = [raw_bitstream(split, i)[0] for i in range(6)]
+    # (a threshold far above any tail: which path runs must not depend on how busy the machine is)
+    kw: dict[str, Any] = {"inline_decode_max_bytes": 256 * 1024, "inline_tail_max_ms": 1000.0} if inline else {
+        "inline_decode_max_bytes": 0, "inline_tail_max_ms": 0}
+    engine = _engine(get_split_model(split, "tiny"), max_concurrency=1, max_batch_size=4, **kw)
+    plain = _engine(get_split_model(split, "tiny"), max_concurrency=1, max_batch_size=1)
+    pooled: list[str] = []
+    submit = engine._executor.submit
+
+    def counting(fn: Any, *args: Any) -> Any:
+        pooled.append(getattr(fn, "__name__", str(fn)))
+        return submit(fn, *args)
+
+    engine._executor.submit = counting  # type: ignore[method-assign]
+
+    async def scenario() -> list[Any]:
+        engine.bind_loop(asyncio.get_running_loop())
+        engine.load_models()
+        return [await engine.run("t", f"r{i}", d, time.perf_counter()) for i, d in enumerate(data)]
+
+    try:
+        got = asyncio.run(scenario())
+    finally:
+        engine.shutdown()
+    want = _run_all(plain, data)
+    for (outcome, failure), (ref, _) in zip(got, want, strict=True):
+        assert failure is None
+        assert outcome.result.SerializeToString(deterministic=True) == ref.result.SerializeToString(deterministic=True)
+    if inline:
+        assert pooled == ["run_batch"], pooled  # only the first batch (its cost unknown yet) in a thread
+        assert engine.batcher is not None and engine.batcher.tail_cost[(split, "tiny")] > 0
+    else:
+        assert pooled.count("_decode_outcome") == 6 and pooled.count("run_batch") == 6, pooled
 
 
 def test_a_failing_batch_is_rerun_per_request_so_only_the_bad_one_fails() -> None:
@@ -258,15 +301,17 @@ def test_bench_serving_reports_both_modes_with_their_batch_sizes(tmp_path: Any) 
                  "--repeat", "1", "--samples", "2", "--workers", "1", "--in-process-server",
                  "--max-batch-size", "4", "-o", str(out)]) == 0
     result = json.loads(out.read_text())
-    rows = {(r["batching"], r["concurrency"]): r for r in result["served"]}
-    assert set(rows) == {("on", 1), ("on", 6), ("off", 1), ("off", 6)}
+    rows = {(r["batching"], r["client_mode"], r["concurrency"]): r for r in result["served"]}
+    assert set(rows) == {(m, c, n) for m in ("on", "off") for c in ("unary", "stream") for n in (1, 6)}
     assert result["batching"]["on"]["max_batch_size"] == 4 and result["batching"]["off"]["max_batch_size"] == 1
-    for (mode, _level), row in rows.items():
+    for (mode, client, _level), row in rows.items():
         assert row["ok"] == 12 and row["vs_in_process"] > 0
         assert row["latency_ms_p50"] <= row["latency_ms_p99"]
+        # the load generator ran in a process of its own; the server (a thread here) in this one
+        assert row["client_cpu_s"] > 0 and row["server_cpu_s"] > 0
         if mode == "off":
             assert row["batch_sizes"] == {} and row["batch_mean"] is None and "vs_batching_off" not in row
-        else:  # every request of the run (12, and 4 warm-up calls) went through one batch of at most 4
+        else:  # every request of the run (12, 4 warm-up calls, 4 more on a stream) went through one batch
             sizes = {int(k): v for k, v in row["batch_sizes"].items()}
-            assert sum(k * v for k, v in sizes.items()) == 16 and row["batch_max"] <= 4
-            assert row["vs_batching_off"] > 0
+            assert sum(k * v for k, v in sizes.items()) == (20 if client == "stream" else 16)
+            assert row["batch_max"] <= 4 and row["vs_batching_off"] > 0
