@@ -36,7 +36,7 @@ from google.protobuf.message import DecodeError
 
 from splitfc.cloud.engine import InferenceEngine
 from splitfc.cloud.errors import RequestFailed, Status
-from splitfc.cloud.request import InferOutcome, Payload, request_id_problem
+from splitfc.cloud.request import InferOutcome, Payload, RequestRecord, request_id_problem
 from splitfc.cloud.security import current_client
 from splitfc.v1 import service_pb2 as svc
 
@@ -182,8 +182,10 @@ class SplitInferenceServicer:
         self, method: str, request_id: str, payload: Payload, context: grpc.aio.ServicerContext,
         t_start: float, failure: RequestFailed | None = None,
     ) -> svc.InferResponse | None:
+        deadline = _deadline(context)
         outcome, failure = await self.engine.run(
-            method, request_id, payload, t_start, _deadline(context), failure, current_client.get(),
+            method, request_id, payload, t_start, deadline, failure, current_client.get(),
+            defer_ok=lambda rec: self._count_when_sent(rec, context, deadline),
         )
         if failure is not None:
             context.set_code(grpc_status(failure.status))
@@ -191,6 +193,29 @@ class SplitInferenceServicer:
             return None
         assert outcome is not None
         return _response(outcome)
+
+    def _count_when_sent(self, rec: RequestRecord, context: grpc.aio.ServicerContext, deadline: float | None) -> None:
+        """Count (and log) an OK request once its call has ended (``context.add_done_callback``): if the call
+        ended after the caller's deadline, or cancelled, the answer did not reach the caller in time and the
+        request counts as what the caller saw, DEADLINE_EXCEEDED or CANCELLED (`InferenceEngine.cancelled`),
+        not OK. (A send that ends within the transit time before the server's copy of the deadline is
+        still counted OK.)"""
+        engine = self.engine
+
+        def ended(ctx: Any) -> None:
+            # grpcio 1.85 reports a call whose deadline passed before its answer went out as not cancelled:
+            # the time tells. The server's copy of the deadline is the caller's plus the transit time, so a
+            # call that ends after it ended after the caller's too.
+            late = deadline is not None and time.monotonic() >= deadline
+            if late or ctx.cancelled():
+                gone = engine.cancelled(deadline, " while the answer was sent")
+                rec.status, rec.message = gone.status.name, gone.message
+            engine.finish(rec)
+
+        try:
+            context.add_done_callback(ended)
+        except Exception:  # a context without done callbacks: count it now
+            engine.finish(rec)
 
     async def _count_gone(self, method: str, request_id: str, context: grpc.aio.ServicerContext,
                           t_start: float, what: str) -> None:
