@@ -98,6 +98,10 @@ class EdgeClient:
             _method_path("InferChunked"), request_serializer=_as_is,
             response_deserializer=svc.InferResponse.FromString,
         )
+        self._stream_call = self.channel.stream_stream(
+            _method_path("InferStream"), request_serializer=_as_is,
+            response_deserializer=svc.InferResponse.FromString,
+        )
         self.server_max_message_bytes: int | None = None
         """The server's message limit (GetInfo), once known."""
         self._limits_known = False
@@ -196,6 +200,21 @@ class EdgeClient:
 
         return await self._chunked_call(stream(), timeout=timeout, metadata=self.metadata)
 
+    def infer_stream(
+        self, requests: AsyncIterator[tuple[str, bytes]] | list[tuple[str, bytes]], window: int = 8,
+        deadline_s: float | None = None,
+    ) -> AsyncIterator[StreamAnswer]:
+        """Send many ``(request_id, serialized bitstream)`` on one ``InferStream`` call, at most ``window``
+        unanswered at once (keep it <= the server's ``max_stream_unsent``, default 8, or the server stops
+        reading until answers are read); yields a `StreamAnswer` per request, in completion order.
+
+        For high request rates: one call carries every request, so gRPC's per-call cost (headers, a
+        stream, a status) is paid once, not per request. No retries (a request's error comes back in its
+        answer; if the call ends early, the requests in flight get its status); ``deadline_s`` (default:
+        the settings' ``deadline_s``) bounds the whole call. Each bitstream must fit one message (no
+        chunking) and ids must be unique among those in flight, else ValueError."""
+        return _infer_stream(self, requests, window, deadline_s)
+
     async def infer(self, request_id: str, data: bytes, deadline_s: float | None = None) -> CallResult:
         """Send one serialized bitstream; retry UNAVAILABLE (and stream resets) within the deadline."""
         s = self.settings
@@ -233,3 +252,95 @@ class EdgeClient:
                     return CallResult(None, code, details, attempt, now - ta, now - t0, wire, chunked)
                 await asyncio.sleep(sleep)
                 backoff *= s.backoff_multiplier
+
+
+@dataclass
+class StreamAnswer:
+    """One answer of `EdgeClient.infer_stream`: a response (``error`` unset), or the request's error."""
+
+    request_id: str
+    response: svc.InferResponse | None
+    code: grpc.StatusCode
+    details: str
+    rtt_s: float
+    """From writing the request to reading its answer."""
+
+
+async def _infer_stream(
+    client: EdgeClient, requests: AsyncIterator[tuple[str, bytes]] | list[tuple[str, bytes]], window: int,
+    deadline_s: float | None,
+) -> AsyncIterator[StreamAnswer]:
+    """`EdgeClient.infer_stream` (module level so that the class keeps its shape)."""
+    if window < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
+    s = client.settings
+    call = client._stream_call(timeout=s.deadline_s if deadline_s is None else deadline_s, metadata=client.metadata)
+    room = asyncio.Semaphore(window)
+    sent: dict[str, float] = {}
+    room_limit = bitstream_room(client.message_limit())
+
+    async def items() -> AsyncIterator[tuple[str, bytes]]:
+        if isinstance(requests, list):
+            for item in requests:
+                yield item
+        else:
+            async for item in requests:
+                yield item
+
+    async def writer() -> None:
+        async for request_id, data in items():
+            if len(data) > room_limit:
+                raise ValueError(f"bitstream of {len(data)} bytes does not fit one stream message "
+                                 f"({room_limit} bytes); send it with infer() (chunked)")
+            if request_id in sent:
+                raise ValueError(f"request id {request_id!r} is already in flight on this stream")
+            await room.acquire()
+            sent[request_id] = time.perf_counter()
+            await call.write(svc.InferRequest(request_id=request_id, bitstream=data).SerializeToString())
+        await call.done_writing()
+
+    write_task = asyncio.create_task(writer())
+
+    def writer_done(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            call.cancel()  # ends the read below
+
+    write_task.add_done_callback(writer_done)
+    try:
+        while True:
+            try:
+                resp = await call.read()
+            except (asyncio.CancelledError, grpc.aio.AioRpcError):
+                if write_task.done() and not write_task.cancelled() and write_task.exception() is not None:
+                    raise write_task.exception() from None  # type: ignore[misc]
+                raise
+            if resp is grpc.aio.EOF:
+                break
+            now = time.perf_counter()
+            t_sent = sent.pop(resp.request_id, now)
+            room.release()
+            if resp.HasField("error"):
+                try:
+                    code = grpc.StatusCode[resp.error.code_name]
+                except KeyError:
+                    code = grpc.StatusCode.UNKNOWN
+                yield StreamAnswer(resp.request_id, None, code, resp.error.message, now - t_sent)
+            else:
+                yield StreamAnswer(resp.request_id, resp, grpc.StatusCode.OK, "", now - t_sent)
+        await write_task  # raises what the writer raised (a bitstream too large for one message)
+        code = await call.code()
+        if code != grpc.StatusCode.OK:  # the call ended early: what was in flight fails with its status
+            details = await call.details() or ""
+            now = time.perf_counter()
+            for request_id, t_sent in list(sent.items()):
+                yield StreamAnswer(request_id, None, code, details, now - t_sent)
+            sent.clear()
+    except grpc.aio.AioRpcError as exc:
+        now = time.perf_counter()
+        for request_id, t_sent in list(sent.items()):
+            yield StreamAnswer(request_id, None, exc.code(), exc.details() or "", now - t_sent)
+    finally:
+        if not write_task.done():
+            write_task.cancel()
+            call.cancel()
+

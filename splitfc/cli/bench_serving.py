@@ -54,6 +54,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="max_batch_size of the 'on' server (default: cloud's SPLITFC_CLOUD_MAX_BATCH_SIZE)")
     p.add_argument("--max-batch-delay-ms", type=float,
                    help="max_batch_delay_ms of the 'on' server (default: cloud's SPLITFC_CLOUD_MAX_BATCH_DELAY_MS)")
+    p.add_argument("--client", default="unary,stream",
+                   help="client modes, comma-separated: unary (one Infer call per request, as the edge) and/or "
+                   f"stream (InferStream calls of up to {STREAM_WINDOW} in flight; default unary,stream)")
+    p.add_argument("--client-in-process", action="store_true",
+                   help="run the load generator in this process (default: a process of its own, its CPU reported)")
     p.add_argument("-o", "--output", type=Path, help="write the results as JSON")
     p.set_defaults(func=cmd_bench_serving)
 
@@ -104,11 +109,39 @@ def in_process_throughput(split: str, bitstreams: list[bytes], requests: int, wo
     }
 
 
+STREAM_WINDOW = 8
+"""Requests in flight per ``InferStream`` call in ``--client stream``: the server's default
+``max_stream_unsent`` (more would wait for the server to read them, not run)."""
+
+
+def _cpu_seconds(pids: list[int]) -> float | None:
+    """User + system CPU seconds of the processes ``pids`` and their children so far (None if unreadable)."""
+    import psutil
+
+    total = 0.0
+    try:
+        for pid in pids:
+            proc = psutil.Process(pid)
+            for p in [proc, *proc.children(recursive=True)]:
+                try:
+                    t = p.cpu_times()
+                    total += t.user + t.system
+                except psutil.Error:
+                    pass
+    except psutil.Error:
+        return None
+    return total
+
+
 async def served_throughput(
     target: str, bitstreams: list[bytes], requests: int, concurrency: int, connections: int = 1,
+    client_mode: str = "unary", server_pids: list[int] | None = None,
 ) -> dict[str, Any]:
-    """``requests`` unary calls with ``concurrency`` in flight over ``connections`` connections (round
-    robin); throughput and latency percentiles."""
+    """``requests`` requests with ``concurrency`` in flight over ``connections`` connections (round
+    robin): ``client_mode`` ``unary`` (one ``Infer`` call each, as `EdgeClient.infer`) or ``stream``
+    (``InferStream`` calls of up to `STREAM_WINDOW` in flight, as `EdgeClient.infer_stream`);
+    throughput, latency percentiles, and the CPU seconds this process (the client) and ``server_pids``
+    (with their children) used during the measurement."""
     import contextlib
 
     from splitfc.edge.client import EdgeClient
@@ -127,6 +160,10 @@ async def served_throughput(
             await c.wait_ready(120)
             for i in range(min(4, requests)):  # warm-up
                 await c.infer(uuid.uuid4().hex, bitstreams[i % len(bitstreams)])
+            if client_mode == "stream":
+                warm = [(uuid.uuid4().hex, bitstreams[i % len(bitstreams)]) for i in range(min(4, requests))]
+                async for _ in c.infer_stream(warm, window=4):
+                    pass
         sem = asyncio.Semaphore(concurrency)
         lat: list[float] = []
         server_ms: list[float] = []
@@ -142,16 +179,44 @@ async def served_throughput(
                 lat.append(time.perf_counter() - t)
                 server_ms.append(res.response.timing.total_ms)
 
+        # stream mode: enough streams for the concurrency at STREAM_WINDOW each, at least one per connection
+        streams = max(min(connections, concurrency), -(-concurrency // STREAM_WINDOW))
+        windows = [concurrency // streams + (1 if k < concurrency % streams else 0) for k in range(streams)]
+
+        async def stream(k: int) -> None:
+            items = [(uuid.uuid4().hex, bitstreams[i % len(bitstreams)]) for i in range(k, requests, streams)]
+            async for ans in clients[k % connections].infer_stream(items, window=windows[k]):
+                if ans.response is None:
+                    errors[ans.code.name] = errors.get(ans.code.name, 0) + 1
+                    continue
+                lat.append(ans.rtt_s)
+                server_ms.append(ans.response.timing.total_ms)
+
+        pids = server_pids or []
+        server_cpu0, cpu0 = _cpu_seconds(pids), time.process_time()
         t0 = time.perf_counter()
-        await asyncio.gather(*(one(i) for i in range(requests)))
+        if client_mode == "stream":
+            await asyncio.gather(*(stream(k) for k in range(streams)))
+        else:
+            await asyncio.gather(*(one(i) for i in range(requests)))
         wall = time.perf_counter() - t0
+        cpu, server_cpu1 = time.process_time() - cpu0, _cpu_seconds(pids)
+    server_cpu = None if server_cpu0 is None or server_cpu1 is None or not pids else server_cpu1 - server_cpu0
     return {
-        "concurrency": concurrency, "requests": requests, "ok": len(lat), "errors": errors,
-        "throughput_rps": len(lat) / wall, "wall_s": wall,
+        "concurrency": concurrency, "client_mode": client_mode, "requests": requests, "ok": len(lat),
+        "errors": errors, "throughput_rps": len(lat) / wall, "wall_s": wall,
         "latency_ms_p50": _percentile(lat, 50) * 1e3 if lat else None,
         "latency_ms_p99": _percentile(lat, 99) * 1e3 if lat else None,
         "server_total_ms_p50": _percentile(server_ms, 50) if server_ms else None,
+        "client_cpu_s": cpu, "client_cpu_cores": cpu / wall,
+        "server_cpu_s": server_cpu, "server_cpu_cores": None if server_cpu is None else server_cpu / wall,
+        "server_cpu_ms_per_request": None if server_cpu is None or not lat else server_cpu / len(lat) * 1e3,
     }
+
+
+def _served_in_child(args: tuple[Any, ...]) -> dict[str, Any]:
+    """`served_throughput` in a client process of its own (``--client-process``, the default)."""
+    return asyncio.run(served_throughput(*args))
 
 
 def cmd_bench_serving(args: argparse.Namespace) -> int:
@@ -176,13 +241,25 @@ def cmd_bench_serving(args: argparse.Namespace) -> int:
     torch.set_num_threads(cloud_defaults.torch_threads)
 
     modes = _batch_modes(args, cloud_defaults)
+    clients = [m.strip() for m in args.client.split(",") if m.strip()]
+    if not clients or any(m not in ("unary", "stream") for m in clients) or len(set(clients)) != len(clients):
+        raise SplitfcError(f"--client takes unary and/or stream, comma-separated, got {args.client!r}")
     print(f"bench-serving: preparing {args.samples} {args.split} bitstreams ({args.codec})", file=sys.stderr)
     bitstreams = head_bitstreams(args.split, "tiny", args.codec, args.qp, args.samples)
     servers: dict[str, _Server] = {}
     # Rounds alternate the in-process loop and every served mode, so a busy machine disturbs all
     # alike; each figure is the round with the median throughput.
     baselines: list[dict[str, Any]] = []
-    runs: dict[tuple[str, int], list[dict[str, Any]]] = {(m, level): [] for m in modes for level in levels}
+    runs: dict[tuple[str, str, int], list[dict[str, Any]]] = {
+        (m, c, level): [] for m in modes for c in clients for level in levels
+    }
+    pool = None
+    if not args.client_in_process:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # spawn: a fresh interpreter (no gRPC or torch state forked); one process for every measurement
+        pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
     try:
         for mode, (size, delay_ms) in modes.items():
             servers[mode] = _start_server(args, workers, max(64, max(levels)), size, delay_ms)
@@ -190,14 +267,19 @@ def cmd_bench_serving(args: argparse.Namespace) -> int:
             print(f"bench-serving: round {round_ + 1}/{args.repeat}: in-process loop", file=sys.stderr)
             baselines.append(in_process_throughput(args.split, bitstreams, args.requests, workers))
             for mode, server in servers.items():
-                for level in levels:
-                    print(f"bench-serving: round {round_ + 1}/{args.repeat}: served, batching {mode}, "
-                          f"concurrency {level}", file=sys.stderr)
-                    before = tail_batches(server.metrics_url, args.split)
-                    row = asyncio.run(served_throughput(server.target, bitstreams, args.requests, level,
-                                                        args.connections))
-                    row.update(batch_stats(tail_batches(server.metrics_url, args.split), before))
-                    runs[(mode, level)].append(row)
+                for client in clients:
+                    for level in levels:
+                        print(f"bench-serving: round {round_ + 1}/{args.repeat}: served, batching {mode}, "
+                              f"{client} client, concurrency {level}", file=sys.stderr)
+                        before = tail_batches(server.metrics_url, args.split)
+                        # the server's CPU: its process (and engine processes); a server thread is this process,
+                        # measurable only while the client runs elsewhere
+                        pids = [server.proc.pid] if server.proc is not None else [] if pool is None else [os.getpid()]
+                        call = (server.target, bitstreams, args.requests, level, args.connections, client, pids)
+                        row = asyncio.run(served_throughput(*call)) if pool is None \
+                            else pool.submit(_served_in_child, call).result()
+                        row.update(batch_stats(tail_batches(server.metrics_url, args.split), before))
+                        runs[(mode, client, level)].append(row)
     except Exception:
         for server in servers.values():
             server.report_exit()
@@ -205,10 +287,12 @@ def cmd_bench_serving(args: argparse.Namespace) -> int:
     finally:
         for server in servers.values():
             server.stop()
+        if pool is not None:
+            pool.shutdown()
     baseline = _median_run(baselines)
     baseline["rounds_rps"] = [b["throughput_rps"] for b in baselines]
     served = []
-    for (mode, _level), rounds in runs.items():
+    for (mode, _client, _level), rounds in runs.items():
         row = _median_run(rounds)
         size, delay_ms = modes[mode]
         row.update(batching=mode, max_batch_size=size, max_batch_delay_ms=delay_ms,
@@ -217,9 +301,9 @@ def cmd_bench_serving(args: argparse.Namespace) -> int:
         row["overhead_ratio"] = baseline["throughput_rps"] / rps if rps else None
         row["vs_in_process"] = rps / baseline["throughput_rps"]
         served.append(row)
-    by_key = {(r["batching"], r["concurrency"]): r for r in served}
-    for row in served:  # batching on / off at the same concurrency, same rounds
-        off = by_key.get(("off", row["concurrency"]))
+    by_key = {(r["batching"], r["client_mode"], r["concurrency"]): r for r in served}
+    for row in served:  # batching on / off at the same client mode and concurrency, same rounds
+        off = by_key.get(("off", row["client_mode"], row["concurrency"]))
         if row["batching"] == "on" and off is not None and off["throughput_rps"]:
             row["vs_batching_off"] = row["throughput_rps"] / off["throughput_rps"]
     result = {
@@ -227,7 +311,8 @@ def cmd_bench_serving(args: argparse.Namespace) -> int:
         "bitstream_bytes": sum(map(len, bitstreams)) // len(bitstreams), "workers": workers,
         "torch_threads": cloud_defaults.torch_threads, "cpus": os.cpu_count(),
         "server": "in-process thread" if args.in_process_server else "subprocess",
-        "processes": args.processes, "connections": args.connections,
+        "processes": args.processes, "connections": args.connections, "clients": clients,
+        "client": "this process" if args.client_in_process else "a process of its own",
         "repeat": args.repeat, "requests": args.requests, "in_process": baseline, "served": served,
         "batching": {m: {"max_batch_size": size, "max_batch_delay_ms": delay} for m, (size, delay) in modes.items()},
     }
@@ -382,9 +467,11 @@ def format_bench(result: dict[str, Any]) -> str:
         f"threads  connections {result.get('connections', 1)}  server: {result['server']}  "
         f"{result['requests']} requests, median of {result['repeat']} rounds",
         f"batching: {modes}",
-        f"{'mode':<30} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'x in-proc':>9} {'x off':>6} {'batch mean':>10} "
-        f"{'max':>4}",
-        f"{'in-process loop, unbatched':<30} {b['throughput_rps']:>8.1f} {b['latency_ms_p50']:>8.2f} "
+        f"client: {result.get('client', 'this process')}; CPU in cores (CPU seconds / wall seconds) of the "
+        f"client process and of the server's",
+        f"{'mode':<38} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'x in-proc':>9} {'x off':>6} {'batch mean':>10} "
+        f"{'max':>4} {'cli cpu':>7} {'srv cpu':>7}",
+        f"{'in-process loop, unbatched':<38} {b['throughput_rps']:>8.1f} {b['latency_ms_p50']:>8.2f} "
         f"{b['latency_ms_p99']:>8.2f} {'1.00':>9}",
     ]
 
@@ -393,11 +480,12 @@ def format_bench(result: dict[str, Any]) -> str:
 
     for r in result["served"]:
         err = f"  errors {r['errors']}" if r["errors"] else ""
-        mode = f"gRPC c={r['concurrency']}, batching {r.get('batching', 'off')}"
+        mode = f"gRPC {r.get('client_mode', 'unary')} c={r['concurrency']}, batching {r.get('batching', 'off')}"
         lines.append(
-            f"{mode:<30} {r['throughput_rps']:>8.1f} {num(r['latency_ms_p50'], '.2f'):>8} "
+            f"{mode:<38} {r['throughput_rps']:>8.1f} {num(r['latency_ms_p50'], '.2f'):>8} "
             f"{num(r['latency_ms_p99'], '.2f'):>8} {num(r.get('vs_in_process'), '.2f'):>9} "
             f"{num(r.get('vs_batching_off'), '.2f'):>6} {num(r.get('batch_mean'), '.2f'):>10} "
-            f"{num(r.get('batch_max'), 'd'):>4}{err}"
+            f"{num(r.get('batch_max'), 'd'):>4} {num(r.get('client_cpu_cores'), '.2f'):>7} "
+            f"{num(r.get('server_cpu_cores'), '.2f'):>7}{err}"
         )
     return "\n".join(lines)
