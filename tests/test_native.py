@@ -469,3 +469,13 @@ def test_mirror_flag_on_a_shape_without_views_is_refused() -> None:
     msg.payload_crc32 = zlib.crc32(msg.payload)
     with pytest.raises(BitstreamError, match="mirrored"):
         decode_features(msg)
+
+
+@pytest.mark.parametrize(("dtype", "top"), [(np.float16, 65504.0), (np.float32, 3.0e38)])
+def test_features_at_the_edge_of_their_dtype_decode(dtype: type, top: float) -> None:
+    """Finite inputs near the dtype's largest value must not round to inf on reconstruction (the decoder
+    would refuse what the encoder accepted)."""
+    x = np.clip(np.random.default_rng(3).standard_normal((65, 128)) * top, -top, top).astype(dtype)
+    for rate in (22, 32):
+        y = decode_features(encode_features(x, "dinov2-cls", "native", rate))
+        assert y.dtype == dtype and np.isfinite(y).all()

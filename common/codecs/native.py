@@ -85,6 +85,9 @@ EXACT_LIMIT = 2.0 ** 53
 """Integer float64 sums below this are exact whatever the summation order."""
 BLOCK_ELEMENTS = 1 << 20
 """Dequantization runs over blocks of about this many elements (bounded temporaries)."""
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+"""Reconstructions are clipped to the finite range of their dtype (finite inputs near its edge can round
+past it by up to half a step; clipping only moves such values closer to the input)."""
 
 
 def channel_axis(spec: SplitSpec, ndim: int) -> int:
@@ -292,7 +295,7 @@ def _reconstruct(
             block = np.multiply(q[0][c0:c1], float(MEAN_GRID), dtype=np.float64)
             block += dc[0, c0:c1].astype(np.float64)[:, None]
             block *= scale
-            out[c0:c1] = block
+            out[c0:c1] = np.clip(block, -FLOAT32_MAX, FLOAT32_MAX, out=block)
         return out
     g = []
     for b, qb in enumerate(q):
@@ -304,7 +307,8 @@ def _reconstruct(
     out = np.zeros((channels, tokens), np.float32)
     if transform is None:
         colscale = scale if factor is None else scale * factor
-        out[:k] = z * colscale
+        z *= colscale
+        out[:k] = np.clip(z, -FLOAT32_MAX, FLOAT32_MAX, out=z)
         return out
     if k == 0:
         out[:] = np.asarray(transform.mean, np.float64)[:, None]
@@ -317,7 +321,7 @@ def _reconstruct(
     colscale = scale / 2.0 ** BASIS_BITS
     prod *= colscale if factor is None else colscale * factor
     prod += np.asarray(transform.mean, np.float64)[:, None]
-    out[:] = prod
+    out[:] = np.clip(prod, -FLOAT32_MAX, FLOAT32_MAX, out=prod)
     return out
 
 
@@ -569,8 +573,14 @@ class NativeCodec(Codec):
 
     @staticmethod
     def _to_layout(recon: np.ndarray, shape: tuple[int, ...], axis: int, dtype: np.dtype) -> np.ndarray:
+        """float32 (channels, N) reconstruction -> ``shape`` in ``dtype`` (float32 or float16; float16 clipped
+        to its finite range first)."""
         moved = (shape[axis], *shape[:axis], *shape[axis + 1:])
-        return np.ascontiguousarray(np.moveaxis(recon.reshape(moved), 0, axis)).astype(dtype, copy=False)
+        out = np.ascontiguousarray(np.moveaxis(recon.reshape(moved), 0, axis))
+        if np.dtype(dtype) == np.float16:
+            top = float(np.finfo(np.float16).max)
+            out = np.clip(out, -top, top)
+        return out.astype(dtype, copy=False)
 
     def decode(
         self, coded: Encoded, spec: SplitSpec, shape: tuple[int, ...], dtype: np.dtype, rate: int,
