@@ -479,3 +479,12 @@ def test_features_at_the_edge_of_their_dtype_decode(dtype: type, top: float) -> 
     for rate in (22, 32):
         y = decode_features(encode_features(x, "dinov2-cls", "native", rate))
         assert y.dtype == dtype and np.isfinite(y).all()
+
+
+def test_bfloat16_features_round_trip() -> None:
+    """bfloat16 (ml_dtypes) input decodes to float32, as the bitstream says; the encoder's digest must match."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    x = massive((65, 128), seed=4).astype(ml_dtypes.bfloat16)
+    y = decode_features(encode_features(x, "dinov2-cls", "native", 32))
+    assert y.dtype == np.float32 and y.shape == x.shape
+    assert np.abs(y - x.astype(np.float32)).max() < 60

@@ -536,7 +536,9 @@ class NativeCodec(Codec):
                 break
         assert coded is not None  # without a transform the product is element-wise: never refused
         payload, recon = coded
-        out = self._to_layout(recon, features.shape, axis, features.dtype)
+        # what the decoder returns: float16 stays float16, bfloat16 (no numpy dtype) decodes to float32
+        out_dtype = np.dtype(np.float16) if features.dtype == np.float16 else np.dtype(np.float32)
+        out = self._to_layout(recon, features.shape, axis, out_dtype)
         return Encoded(payload, None, {"native": f"v{VERSION}"}, content_digest(out))
 
     @staticmethod
