@@ -1,14 +1,17 @@
 """``splitfc bench-serving``: the cloud's serving overhead, with and without dynamic batching.
 
 The same pre-coded bitstreams are (a) parsed, decoded and run through ``tail``
-in-process by a pool of as many worker threads as the server has (no network,
-unbatched), and (b) sent to cloud servers (separate processes by default) over
-loopback gRPC at several client concurrencies: one server per ``--batching`` mode
-(``on``: dynamic batching of the tail, ``off``: max_batch_size 1), all rounds
-alternating so that a busy machine disturbs every mode alike. Per mode and
+in-process by a pool of as many worker threads as the server has in all
+(processes x workers; no network, unbatched), and (b) sent to cloud servers
+(separate processes by default) over loopback gRPC at several client concurrencies,
+by a load generator in a process of its own: one server per ``--batching`` mode
+(``on``: dynamic batching of the tail, ``off``: max_batch_size 1), per ``--client``
+mode (``unary``: one Infer call per request; ``stream``: InferStream calls), all
+rounds alternating so that a busy machine disturbs every mode alike. Per mode and
 concurrency: throughput, ``vs_in_process`` = served / in-process throughput
-(1.0 = served as fast as the bare work), p50/p99 latency and the tail batch sizes
-the server ran (from its ``splitfc_cloud_tail_batches_total`` metric).
+(1.0 = served as fast as the bare work), p50/p99 latency, the tail batch sizes
+the server ran (from its ``splitfc_cloud_tail_batches_total`` metric) and the CPU
+the client process and the server used.
 """
 
 from __future__ import annotations
@@ -265,7 +268,8 @@ def cmd_bench_serving(args: argparse.Namespace) -> int:
             servers[mode] = _start_server(args, workers, max(64, max(levels)), size, delay_ms)
         for round_ in range(args.repeat):
             print(f"bench-serving: round {round_ + 1}/{args.repeat}: in-process loop", file=sys.stderr)
-            baselines.append(in_process_throughput(args.split, bitstreams, args.requests, workers))
+            # as many threads as the served instance has workers in all (processes x workers)
+            baselines.append(in_process_throughput(args.split, bitstreams, args.requests, workers * args.processes))
             for mode, server in servers.items():
                 for client in clients:
                     for level in levels:
@@ -309,6 +313,7 @@ def cmd_bench_serving(args: argparse.Namespace) -> int:
     result = {
         "split": args.split, "codec": args.codec, "qp": args.qp, "preset": "tiny",
         "bitstream_bytes": sum(map(len, bitstreams)) // len(bitstreams), "workers": workers,
+        "in_process_threads": workers * args.processes,
         "torch_threads": cloud_defaults.torch_threads, "cpus": os.cpu_count(),
         "server": "in-process thread" if args.in_process_server else "subprocess",
         "processes": args.processes, "connections": args.connections, "clients": clients,
