@@ -19,6 +19,7 @@ from splitfc.common.bench.acceptance import (
     acceptance_markdown,
     best_of,
     curves_of,
+    dominates,
     feature_quality,
     summary_lines,
 )
@@ -129,3 +130,18 @@ def test_target_needs_every_single_anchor_too(monkeypatch: pytest.MonkeyPatch) -
     assert native_entry()["meets_target"] is True
     forged["worst_single"] = None  # no single anchor defined: the envelope decides
     assert native_entry()["meets_target"] is True
+
+
+def test_no_overlap_but_better_everywhere_is_shown_as_dominates() -> None:
+    """Small Cls at 7c1a1d1: native's cheapest point scores above every hevc point; BD-rate is undefined."""
+    pts = (_points("hevc", [0.03, 0.04, 0.09, 0.24], [25.0, 50.0, 50.0, 50.0], [0.26, 0.1, 0.03, 0.02])
+           + _points("native", [0.029, 0.12, 1.58], [75.0, 100.0, 100.0], [0.016, 0.006, 0.0003]))
+    (native,) = acceptance(pts, ["hevc", "native"], METRICS)
+    assert native["task"]["best_of"]["bd_rate"] is None and native["task"]["best_of"]["dominates"] is True
+    assert native["meets_target"] is None  # no figure: not counted as a pass
+    row = next(line for line in acceptance_markdown([native]).splitlines() if line.startswith("| native"))
+    assert "| dominates |" in row
+    # The reverse is not dominance, and overlapping curves are not marked.
+    assert dominates([(0.029, 75.0), (1.58, 100.0)], [(0.03, 25.0), (0.24, 50.0)]) is False
+    entries = acceptance(_scenario(), ["vvenc", "hevc", "native"], METRICS)
+    assert next(e for e in entries if e["test"] == "native")["task"]["best_of"]["dominates"] is True

@@ -71,13 +71,25 @@ def curves_of(points: list[dict[str, Any]], split: str, codecs: Sequence[str], a
     return out
 
 
+def dominates(anchor: Curve, test: Curve) -> bool:
+    """True when every anchor point is matched or beaten by some test point (rate <= and quality >=).
+
+    Says which codec is better where BD-rate is undefined because the quality ranges do not overlap
+    (e.g. the test's cheapest point already scores above the anchor's best).
+    """
+    return bool(anchor) and bool(test) and all(any(rt <= ra and qt >= qa for rt, qt in test) for ra, qa in anchor)
+
+
 def _bd(anchor: Curve, test: Curve) -> dict[str, Any]:
     if len(anchor) < 2 or len(test) < 2:
-        return {"bd_rate": None, "overlap": None, "notes": ["fewer than 2 scored rate points"]}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        res = bd_rate([r for r, _ in anchor], [q for _, q in anchor], [r for r, _ in test], [q for _, q in test])
-    return res.as_dict()
+        out: dict[str, Any] = {"bd_rate": None, "overlap": None, "notes": ["fewer than 2 scored rate points"]}
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out = bd_rate([r for r, _ in anchor], [q for _, q in anchor],
+                          [r for r, _ in test], [q for _, q in test]).as_dict()
+    out["dominates"] = dominates(anchor, test)
+    return out
 
 
 def best_of(curves: dict[str, Curve], test: str, anchors: Sequence[str],
@@ -86,7 +98,8 @@ def best_of(curves: dict[str, Curve], test: str, anchors: Sequence[str],
 
     ``curves`` holds every codec's curve on one split and axis (`curves_of`); anchors without points
     are left out (and listed as ``anchors``: those used). Returns ``{"anchors", "best_of", "per_anchor",
-    "worst_single", "references"}``; each BD-rate is a ``BDRateResult.as_dict()``.
+    "worst_single", "references"}``; each BD-rate is a ``BDRateResult.as_dict()`` plus ``dominates``
+    (`dominates`: shown as "dominates" where the BD-rate is undefined).
     """
     used = [a for a in anchors if a != test and curves.get(a)]
     pooled = sorted(pt for a in used for pt in curves[a])
@@ -135,8 +148,10 @@ def acceptance(points: list[dict[str, Any]], codecs: Sequence[str], metrics: dic
 
 
 def _cell(e: dict[str, Any] | None) -> str:
-    if e is None or e.get("bd_rate") is None:
+    if e is None:
         return "-"
+    if e.get("bd_rate") is None:
+        return "dominates" if e.get("dominates") else "-"
     return f"{e['bd_rate']:+.1f}"
 
 
