@@ -488,3 +488,21 @@ def test_bfloat16_features_round_trip() -> None:
     y = decode_features(encode_features(x, "dinov2-cls", "native", 32))
     assert y.dtype == np.float32 and y.shape == x.shape
     assert np.abs(y - x.astype(np.float32)).max() < 60
+
+
+@pytest.mark.parametrize("bands", [nat.Bands(1, 65, nat.TOKEN_BLOCK), nat.Bands(2, 65, nat.TOKEN_BLOCK, 8),
+                                   nat.Bands(2, 65, 0, 8), nat.Bands(3, 43, nat.TOKEN_BLOCK)])
+def test_no_coded_components_synthesise_on_every_layout(bands: nat.Bands) -> None:
+    """K = 0 (everything quantized to zero at a coarse step) on the token and mirror layouts: an empty
+    synthesis, not a reshape error (the encoder hit it at steps 59-63 on a tiny Seg feature; a crafted payload too)."""
+    z, factor = bands.synthesise([np.zeros((0, n)) for n in bands.sizes])
+    assert z.shape == (0, bands.outer * bands.length)
+    assert factor is None or factor.shape == (bands.outer * bands.length,)
+
+
+def test_coarsest_steps_on_token_and_mirror_layouts_round_trip() -> None:
+    """Every rate up to `rate_bounds`' top on features that take the token and mirror paths."""
+    for x, split in ((_mirrored_views(5), "dinov2-seg"), (_token_correlated((65, 32), 5), "dinov2-cls")):
+        for rate in range(40, NativeCodec.rate_bounds[1] + 1):
+            y = decode_features(encode_features(x, split, "native", rate))
+            assert y.shape == x.shape and np.isfinite(y).all()

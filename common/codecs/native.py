@@ -199,8 +199,8 @@ class Bands:
             return [y]
         z = y.reshape(k, self.outer, self.length)
         body = z[:, :, self.lead:].reshape(k, self.outer, self.blocks, self.block) @ (HADAMARD * INV_SQRT_BLOCK)
-        return [np.ascontiguousarray(z[:, :, :self.lead]).reshape(k, -1)] + [
-            np.ascontiguousarray(body[..., f]).reshape(k, -1) for f in range(self.block)]
+        return [np.ascontiguousarray(z[:, :, :self.lead]).reshape(k, self.outer * self.lead)] + [
+            np.ascontiguousarray(body[..., f]).reshape(k, self.outer * self.blocks) for f in range(self.block)]
 
     def synthesise(self, bands: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
         """Integer-valued float64 (K, outer * length) and the per-position factor (None: all 1) from
@@ -216,7 +216,7 @@ class Bands:
             z[:, 0] = total + diff
             z[:, 1, mirror_permutation(self.length, self.mirror)] = total - diff
             factor = np.ones(self.length) if factor is None else factor
-            return z.reshape(k, -1), np.tile(factor * INV_SQRT2, 2)
+            return z.reshape(k, 2 * self.length), np.tile(factor * INV_SQRT2, 2)
         if not self.block:
             return bands[0], None
         z = np.empty((k, self.outer, self.length))
@@ -225,7 +225,7 @@ class Bands:
         z[:, :, self.lead:] = (coef @ HADAMARD).reshape(k, self.outer, self.blocks * self.block)
         factor = np.full((self.outer, self.length), INV_SQRT_BLOCK)
         factor[:, :self.lead] = 1.0
-        return z.reshape(k, -1), factor.reshape(-1)
+        return z.reshape(k, self.outer * self.length), factor.reshape(-1)
 
 
 INV_SQRT2 = 1.0 / math.sqrt(2.0)
