@@ -34,7 +34,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from splitfc.cloud.engine import InferenceEngine
+from splitfc.cloud.engine import DEADLINE_SLACK_S, InferenceEngine
 from splitfc.cloud.errors import RequestFailed, Status
 from splitfc.cloud.request import InferOutcome, Payload, RequestRecord, request_id_problem
 from splitfc.cloud.security import current_client
@@ -195,12 +195,16 @@ class SplitInferenceServicer:
         return _response(outcome)
 
     def _count_when_sent(self, rec: RequestRecord, context: grpc.aio.ServicerContext, deadline: float | None) -> None:
-        """Count (and log) an OK request once its call has ended (``context.add_done_callback``): if the call
-        ended after the caller's deadline, or cancelled, the answer did not reach the caller in time and the
+        """Count (and log) an OK request: now when more than ``DEADLINE_SLACK_S`` of its deadline is left
+        (or it has none), else once its call has ended (``context.add_done_callback``): if the call ended
+        after the caller's deadline, or cancelled, the answer did not reach the caller in time and the
         request counts as what the caller saw, DEADLINE_EXCEEDED or CANCELLED (`InferenceEngine.cancelled`),
         not OK. (A send that ends within the transit time before the server's copy of the deadline is
         still counted OK.)"""
         engine = self.engine
+        if deadline is None or deadline - time.monotonic() > DEADLINE_SLACK_S:
+            engine.finish(rec)  # far from the deadline: counted now, when the client is about to have it
+            return
 
         def ended(ctx: Any) -> None:
             # grpcio 1.85 reports a call whose deadline passed before its answer went out as not cancelled:
