@@ -21,7 +21,13 @@ passed while they waited are dropped before the batch runs (not run; the engine 
 DEADLINE_EXCEEDED or CANCELLED). If a batched tail raises, its requests are run one by one, so one bad
 request fails alone. As Triton's dynamic batcher (max batch size, max queue delay), on CPU worker threads.
 
-Event loop only, except `run_batch` (a worker thread). Transport-free, like the engine.
+A split whose batched tail measured at most ``inline_tail_max_ms`` of CPU per request (moving average of
+its batches; the first runs in the pool) runs its batches on the event loop, still holding the worker
+slot: for tiny tails (Cls: about 0.1 ms) the hop to a thread and the GIL contention of a worker cost more
+than the tail.
+
+Event loop only, except `run_batch` (a worker thread, or the loop for cheap tails). Transport-free, like
+the engine.
 """
 
 from __future__ import annotations
