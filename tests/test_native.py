@@ -506,3 +506,22 @@ def test_coarsest_steps_on_token_and_mirror_layouts_round_trip() -> None:
         for rate in range(40, NativeCodec.rate_bounds[1] + 1):
             y = decode_features(encode_features(x, split, "native", rate))
             assert y.shape == x.shape and np.isfinite(y).all()
+
+
+@pytest.mark.parametrize("split", ["dinov2-cls", "dinov2-seg"])
+def test_rate_knob_monotonic_over_rate_bounds_on_tiny_features(
+    split: str, tmp_path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Bits never rise and MSE never falls from one step to the next over all of `rate_bounds`, on a tiny
+    feature with the shipped transforms (before: Cls step 56 -> 57 gained a 32-bit word and a lone DC, Seg
+    step 58 -> 59 a layout whose band offsets cost 2 header bytes, with everything else zero)."""
+    from splitfc.common.bench.features import extract_features
+
+    _shipped_transforms(monkeypatch)
+    x = np.load(extract_features(tmp_path, split, "tiny", 1)[0].path)
+    lo, hi = NativeCodec.rate_bounds
+    coded = [encode_features(x, split, "native", rate) for rate in range(lo, hi + 1)]
+    bits = [len(m.payload) for m in coded]
+    mse = [float(np.mean((decode_features(m).astype(np.float64) - x) ** 2)) for m in coded]
+    assert all(b1 <= b0 for b0, b1 in itertools.pairwise(bits)), bits
+    assert all(e1 >= e0 * (1 - 1e-9) for e0, e1 in itertools.pairwise(mse)), mse

@@ -376,8 +376,10 @@ class _Quantized:
     offsets: tuple[int, ...]
     """Class offset of each band."""
     cost: float
-    """Squared error + LAMBDA * step**2 * (estimated symbol bits + about 6 side bits per coded component)
-    (0 error term when it was not asked for)."""
+    """Squared error + LAMBDA * step**2 * (estimated symbol bits + about 6 side bits per coded component +
+    `ANS_FLOOR_BITS` when any is coded; 8 per band offset in the header when none is) (0 error term when it
+    was not asked for). The fixed costs keep the coarsest steps from picking a lone DC or a layout whose
+    stream floor or header makes the payload larger than at a finer step."""
 
     @classmethod
     def of(cls, y: np.ndarray, step: np.float32, bands: Bands, with_error: bool) -> _Quantized:
@@ -405,11 +407,16 @@ class _Quantized:
             for s, q in zip(scaled, qs, strict=True):
                 d = s - q
                 error += float(np.einsum("ij,ij->", d, d, dtype=np.float64)) * float(step) ** 2
-        side = 6.0 * int(np.count_nonzero((classes > 0) | np.any(np.stack(dcs) != 0, axis=0)))
+        coded = int(np.count_nonzero((classes > 0) | np.any(np.stack(dcs) != 0, axis=0)))
+        # fixed costs: the ANS stream's word once anything is coded; with nothing coded the payload is the
+        # header alone, so the band offsets' header bytes decide between layouts
+        side = 6.0 * coded + ANS_FLOOR_BITS if coded else (8 * len(offsets) if len(offsets) > 1 else 0)
         return cls(bands, np.stack(dcs), qs, tilt, classes, offsets,
                    error + LAMBDA * float(step) ** 2 * (bits + side))
 
 
+ANS_FLOOR_BITS = 32
+"""A nonempty ANS stream is at least one 32-bit word (an empty one: none)."""
 RDO_LAMBDA = LAMBDA
 """Lagrange multiplier of the quantizer's decisions, squared steps per bit (measured: 0.5, 1, 1.5, 2 x
 LAMBDA gave BD-rates on feature PSNR of -1.2/-2.8/-2.4/-1.4 % on tiny Cls and -2.0/-4.3/-4.2/-3.4 % on
