@@ -125,7 +125,23 @@ def seed_bitstreams(codec: str) -> tuple[bytes, ...]:
         view = rng.standard_normal((65, 128)).astype(np.float32)  # and of its mirrored-views path (Seg)
         flipped = view[np.r_[0, 1 + (np.arange(64) // 8) * 8 + 7 - np.arange(64) % 8]]
         out.append(encode_features(np.stack([view, flipped]), "dinov2-seg", codec, rate).SerializeToString())
+        out.append(_native_empty_token_layout(view))
     return tuple(out)
+
+
+def _native_empty_token_layout(features: np.ndarray) -> bytes:
+    """A valid native bitstream with no coded component (K = 0) on the token-transform layout: the encoder
+    codes such a tensor in the plain layout, so the header's token-block byte and its 9 band offsets are set
+    by hand (the reconstruction is the same zeros, so the digest still holds)."""
+    from splitfc.common.codecs import native as nat
+
+    msg = encode_features(np.zeros_like(features), "dinov2-cls", "native", 32)
+    fields = list(nat.HEADER.unpack_from(msg.payload))
+    assert fields[4] == 0 and len(msg.payload) == nat.HEADER.size  # K = 0: the header alone
+    fields[-1] = nat.TOKEN_BLOCK
+    msg.payload = nat.HEADER.pack(*fields) + bytes(nat.TOKEN_BLOCK + 1)
+    msg.payload_crc32 = zlib.crc32(msg.payload)
+    return msg.SerializeToString()
 
 
 # -- mutations ------------------------------------------------------------------------------------
