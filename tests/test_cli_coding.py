@@ -122,3 +122,24 @@ def test_missing_qp_and_missing_file(tmp_path: Path, cls_npy: Path) -> None:
     assert_one_line_error(proc, "needs --qp")
     proc = run_cli("decode", str(tmp_path / "nope.sfc"), "-o", str(tmp_path / "y.npy"))
     assert_one_line_error(proc, "nope.sfc")
+
+
+def test_decode_refuses_a_bitstream_claiming_more_elements_than_allowed(tmp_path: Path, cls_npy: Path) -> None:
+    """A few payload bytes may claim gigabytes (an all-zero native or zstd payload): `decode` bounds the claim
+    like the cloud, by --max-elements or by default the split's paper shape (CSR: 8192 tokens)."""
+    sfc, out = tmp_path / "x.sfc", tmp_path / "y.npy"
+    assert main(["encode", str(cls_npy), "--split", "dinov2-cls", "--codec", "native", "--qp", "32",
+                 "-o", str(sfc)]) == 0
+    proc = run_cli("decode", str(sfc), "-o", str(out), "--max-elements", "1000")
+    assert_one_line_error(proc, "elements")
+    assert not out.exists()
+    assert main(["decode", str(sfc), "-o", str(out), "--max-elements", str(257 * 1536)]) == 0
+    assert np.load(out).shape == (257, 1536)
+    # default: a zstd raw CSR tensor of 8193 tokens (one over the default token bound) is refused unread
+    big, zeros = tmp_path / "big.sfc", tmp_path / "zeros.npy"
+    np.save(zeros, np.zeros((8193, 4096), np.float32))
+    assert main(["encode", str(zeros), "--split", "llama3-csr", "--codec", "raw", "--zstd", "1",
+                 "-o", str(big)]) == 0
+    assert big.stat().st_size < 1 << 20
+    proc = run_cli("decode", str(big), "-o", str(tmp_path / "big.npy"))
+    assert_one_line_error(proc, "elements")

@@ -35,6 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("decode", help="decode a .sfc bitstream into a .npy feature tensor")
     p.add_argument("bitstream", type=Path)
     p.add_argument("-o", "--output", type=Path, required=True, help="output .npy file")
+    p.add_argument("--max-elements", type=int, metavar="N",
+                   help="refuse a bitstream whose header claims more feature elements (default: the split's paper "
+                        "shape, CSR at 8192 tokens, as the cloud; a few payload bytes may claim gigabytes)")
     p.set_defaults(func=cmd_decode)
 
     p = sub.add_parser("inspect", help="show a .sfc bitstream's header and rate")
@@ -104,10 +107,17 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
+    from splitfc.cloud.settings import default_max_elements
     from splitfc.common.bitstream import decode_features, read_sfc
+    from splitfc.common.specs import SPLITS
 
+    if args.max_elements is not None and args.max_elements < 1:
+        raise SplitfcError(f"--max-elements must be at least 1, got {args.max_elements}")
     msg = read_sfc(args.bitstream)
-    features = decode_features(msg)
+    limit = args.max_elements
+    if limit is None and msg.split in SPLITS:
+        limit = default_max_elements(msg.split)
+    features = decode_features(msg, max_elements=limit)
     np.save(args.output, features, allow_pickle=False)
     print(f"{args.output}: {features.dtype} {tuple(features.shape)}", file=sys.stderr)
     return 0
