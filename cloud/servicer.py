@@ -379,7 +379,8 @@ class SplitInferenceServicer:
     async def InferStream(
         self, request_iterator: Any, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[svc.InferResponse]:
-        out: asyncio.Queue[svc.InferResponse | None] = asyncio.Queue()
+        # Answers to write, each with its OK request's record (counted once written; None: already counted).
+        out: asyncio.Queue[tuple[svc.InferResponse, RequestRecord | None] | None] = asyncio.Queue()
         # Back-pressure: a request is read only while fewer than max_stream_unsent of this stream's requests
         # are running or answered but unsent; an answer frees its room once gRPC has written it
         # (context.write returns), so a client that does not read its answers stops the reading.
@@ -392,13 +393,28 @@ class SplitInferenceServicer:
         # left pending, made gRPC's status batch fail with GRPC_CALL_ERROR_TOO_MANY_OPERATIONS).
         await context.send_initial_metadata(())
 
+        # An OK answer is counted once its write has completed (context.write returned), not when computed:
+        # an answer whose write fails, or that is never written, counts as the status the stream ended with.
+        closed: list[RequestFailed] = []  # set once answers are no longer written: why the stream ended
+
+        def unsent(rec: RequestRecord | None, why: RequestFailed) -> None:
+            if rec is not None:
+                rec.status, rec.message = why.status.name, why.message
+                self.engine.finish(rec)
+
         async def one(raw: bytes, t_start: float) -> None:
             request_id, payload, failure = parse_request(raw)
             del raw
+            deferred: list[RequestRecord] = []
             outcome, failure = await self.engine.run(
-                "InferStream", request_id, payload, t_start, deadline, failure, client,
+                "InferStream", request_id, payload, t_start, deadline, failure, client, defer_ok=deferred.append,
             )
-            out.put_nowait(_response(outcome) if outcome is not None else _error_response(request_id, failure))
+            rec = deferred[0] if deferred else None
+            if closed:  # the writer has stopped: this answer will never reach the client
+                unsent(rec, closed[0])
+                return
+            answer = _response(outcome) if outcome is not None else _error_response(request_id, failure)
+            out.put_nowait((answer, rec))
 
         loop = asyncio.get_running_loop()
         timer: list[asyncio.Timeout] = []  # the pending read's idle timer
@@ -447,23 +463,37 @@ class SplitInferenceServicer:
 
         write_s = self.engine.settings.stream_write_timeout_seconds
         read_task = asyncio.create_task(reader())
+        writing: RequestRecord | None = None  # the OK record of the answer being written
+        write_failed: RequestFailed | None = None
         try:
             while (item := await out.get()) is not None:
+                answer, writing = item
                 try:
                     # Written here (not yielded) so that a write the client's flow control holds back can
                     # time out: a client that reads no answers would otherwise keep its call slot until its
                     # deadline. The status goes out behind the answers already sent.
                     async with asyncio.timeout(write_s):
-                        await context.write(item)
+                        await context.write(answer)
                 except TimeoutError:
-                    failure = RequestFailed(
+                    write_failed = RequestFailed(
                         Status.DEADLINE_EXCEEDED,
                         f"stream: an answer waited {write_s:g} s for the client to read it "
                         f"(stream_write_timeout_seconds)", limit="stream_write",
                     )
-                    await self.engine.run("InferStream", "", None, time.perf_counter(), deadline, failure, client)
-                    ended.insert(0, failure)
+                    closed.append(write_failed)
+                    unsent(writing, write_failed)
+                    writing = None
+                    await self.engine.run(
+                        "InferStream", "", None, time.perf_counter(), deadline, write_failed, client,
+                    )
+                    ended.insert(0, write_failed)
                     break
+                rec, writing = writing, None
+                if rec is not None:  # written: the client has it (unless the call's deadline passed meanwhile)
+                    if deadline is not None and time.monotonic() >= deadline:
+                        unsent(rec, self.engine.cancelled(deadline, " while the answer was written"))
+                    else:
+                        self.engine.finish(rec)
                 room.release()  # gRPC has written the answer
             else:
                 await read_task
@@ -471,6 +501,14 @@ class SplitInferenceServicer:
                 context.set_code(grpc_status(ended[0].status))
                 context.set_details(ended[0].message)
         finally:
+            # Cancelled (the client went, or the deadline passed), a failed write or a write timeout: the
+            # answers not written are counted as the stream ended, never OK.
+            why = write_failed or self.engine.cancelled(deadline, " before the answer was written")
+            closed.append(why)
+            unsent(writing, why)
+            while not out.empty():
+                if (left := out.get_nowait()) is not None:
+                    unsent(left[1], why)
             if not read_task.done():
                 read_task.cancel()
             for task in list(tasks):
