@@ -198,9 +198,18 @@ class Bands:
         if not self.block:
             return [y]
         z = y.reshape(k, self.outer, self.length)
-        body = z[:, :, self.lead:].reshape(k, self.outer, self.blocks, self.block) @ (HADAMARD * INV_SQRT_BLOCK)
-        return [np.ascontiguousarray(z[:, :, :self.lead]).reshape(k, self.outer * self.lead)] + [
-            np.ascontiguousarray(body[..., f]).reshape(k, self.outer * self.blocks) for f in range(self.block)]
+        kernel = HADAMARD * INV_SQRT_BLOCK
+        out = [np.ascontiguousarray(z[:, :, :self.lead]).reshape(k, self.outer * self.lead)]
+        dtype = np.result_type(y.dtype, kernel.dtype)
+        out += [np.empty((k, self.outer * self.blocks), dtype) for _ in range(self.block)]
+        # in row blocks (each component's (blocks, 8) @ (8, 8) product is the same whatever the block)
+        rows = max(1, BLOCK_ELEMENTS // max(self.outer * self.length, 1))
+        for r0 in range(0, k, rows):
+            r1 = min(k, r0 + rows)
+            body = z[r0:r1, :, self.lead:].reshape(r1 - r0, self.outer, self.blocks, self.block) @ kernel
+            for f in range(self.block):
+                out[1 + f][r0:r1] = body[..., f].reshape(r1 - r0, self.outer * self.blocks)
+        return out
 
     def synthesise(self, bands: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
         """Integer-valued float64 (K, outer * length) and the per-position factor (None: all 1) from
@@ -297,19 +306,26 @@ def _reconstruct(
             block *= scale
             out[c0:c1] = np.clip(block, -FLOAT32_MAX, FLOAT32_MAX, out=block)
         return out
-    g = []
-    for b, qb in enumerate(q):
-        gb = np.multiply(qb, float(MEAN_GRID), dtype=np.float64)
-        if b < bands.dc_bands and gb.size:
-            gb += dc[b].astype(np.float64)[:, None]
-        g.append(gb)
-    z, factor = bands.synthesise(g)
+
+    def synthesised(c0: int, c1: int) -> tuple[np.ndarray, np.ndarray | None]:
+        g = []
+        for b, qb in enumerate(q):
+            gb = np.multiply(qb[c0:c1], float(MEAN_GRID), dtype=np.float64)
+            if b < bands.dc_bands and gb.size:
+                gb += dc[b, c0:c1].astype(np.float64)[:, None]
+            g.append(gb)
+        return bands.synthesise(g)
+
     out = np.zeros((channels, tokens), np.float32)
-    if transform is None:
-        colscale = scale if factor is None else scale * factor
-        z *= colscale
-        out[:k] = np.clip(z, -FLOAT32_MAX, FLOAT32_MAX, out=z)
+    if transform is None:  # rows are independent: the same element-wise operations in row blocks
+        rows = max(1, BLOCK_ELEMENTS // 16 // max(tokens, 1))
+        for c0 in range(0, k, rows):
+            c1 = min(k, c0 + rows)
+            z, factor = synthesised(c0, c1)
+            z *= scale if factor is None else scale * factor
+            out[c0:c1] = np.clip(z, -FLOAT32_MAX, FLOAT32_MAX, out=z)
         return out
+    z, factor = synthesised(0, k)
     if k == 0:
         out[:] = np.asarray(transform.mean, np.float64)[:, None]
         return out
@@ -387,26 +403,32 @@ class _Quantized:
         with the thresholds that minimize squared error + RDO_LAMBDA * bits under each row's table
         (`_rdo_quantize`), then the classes of the result."""
         parts = bands.analyse(y)
+        fresh = bands.block or bands.mirror  # the bands are new arrays (else band 0 is ``y`` itself)
         dcs, scaled = [], []
-        for b, part in enumerate(parts):
+        while parts:
+            part = parts.pop(0)
+            b = len(scaled)
             dc = _dc(part, float(step)) if b < bands.dc_bands else None
-            s = part * (1.0 / float(step))
+            if fresh:
+                part *= 1.0 / float(step)  # the same float32 product as ``part * (1 / step)``, in place
+                s = part
+            else:
+                s = part * (1.0 / float(step))
+            del part
             if dc is not None:
                 s -= (dc / MEAN_GRID).astype(s.dtype)[:, None]
                 dcs.append(dc)
             scaled.append(s)
-        mags = [np.abs(s) for s in scaled]
-        first = [np.floor(m + (0.5 - DEAD_ZONE)) for m in mags]  # dead-zone magnitudes: their statistics
+        first = [_dead_zone_magnitudes(s) for s in scaled]  # their statistics
         tilt, classes, offsets, _ = ne.choose_band_classes(first)
         del first
-        qs = [_rdo_quantize(s, m, band_classes(classes, o), tilt)
-              for s, m, o in zip(scaled, mags, offsets, strict=True)]
+        qs = [_rdo_quantize(s, band_classes(classes, o), tilt) for s, o in zip(scaled, offsets, strict=True)]
         tilt, classes, offsets, bits = ne.choose_band_classes(qs)
         error = 0.0
         if with_error:
             for s, q in zip(scaled, qs, strict=True):
-                d = s - q
-                error += float(np.einsum("ij,ij->", d, d, dtype=np.float64)) * float(step) ** 2
+                error += _squared_difference(s, q) * float(step) ** 2
+        del scaled
         coded = int(np.count_nonzero((classes > 0) | np.any(np.stack(dcs) != 0, axis=0)))
         # fixed costs: the ANS stream's word once anything is coded; with nothing coded the payload is the
         # header alone, so the band offsets' header bytes decide between layouts
@@ -435,12 +457,12 @@ def _dc(part: np.ndarray, step: float) -> np.ndarray:
     return dc.astype(np.int64)
 
 
-def _rdo_quantize(scaled: np.ndarray, mag: np.ndarray, classes: np.ndarray, tilt: int) -> np.ndarray:
-    """int32 symbols of ``scaled`` (K, N; values in steps, DC removed; ``mag`` its absolute values) with
-    per-row thresholds: 0 below
+def _rdo_quantize(scaled: np.ndarray, classes: np.ndarray, tilt: int) -> np.ndarray:
+    """int32 symbols of ``scaled`` (K, N; values in steps, DC removed) with per-row thresholds: 0 below
     ``t0 = 0.5 + lambda * (bits(1) - bits(0)) / 2``, else ``max(1, floor(|s| + 1 - t1))`` with ``t1 = 0.5
     + lambda * log2(1 / r) / 2`` (the geometric tail's cost per unit), capped at `MAX_ZERO_THRESHOLD` and
-    `MAX_TAIL_THRESHOLD`; rows of class 0 use the dead zone ``t0 = t1 = 1 - (0.5 - DEAD_ZONE)``."""
+    `MAX_TAIL_THRESHOLD`; rows of class 0 use the dead zone ``t0 = t1 = 1 - (0.5 - DEAD_ZONE)``. Computed
+    in row blocks of about `BLOCK_ELEMENTS` (element-wise: the same symbols as one pass)."""
     dead = 1.0 - (0.5 - DEAD_ZONE)
     t0 = np.full(len(scaled), dead)
     t1 = t0.copy()
@@ -453,14 +475,52 @@ def _rdo_quantize(scaled: np.ndarray, mag: np.ndarray, classes: np.ndarray, tilt
             t1[rows] = 0.5 + RDO_LAMBDA * -np.log2(ne.SCALE_R[j - 1]) / 2
     t0 = np.clip(t0, 0.5, MAX_ZERO_THRESHOLD).astype(scaled.dtype)
     t1 = np.clip(t1, 0.5, MAX_TAIL_THRESHOLD).astype(scaled.dtype)
-    q = mag + (1.0 - t1)[:, None]
-    np.floor(q, out=q)
-    np.maximum(q, 1.0, out=q)
-    q *= mag >= t0[:, None]
-    np.copysign(q, scaled, out=q)
-    if q.size and float(np.abs(q).max()) > MAX_SYMBOL:
-        raise SplitfcError("native cannot code these features: values span more than 2**26 quantizer steps")
-    return q.astype(np.int32)
+    out = np.empty(scaled.shape, np.int32)
+    largest = 0.0
+    for r0, r1 in _row_blocks(scaled):
+        part = scaled[r0:r1]
+        mag = np.abs(part)
+        q = mag + (1.0 - t1[r0:r1])[:, None]
+        np.floor(q, out=q)
+        np.maximum(q, 1.0, out=q)
+        q *= mag >= t0[r0:r1, None]
+        np.copysign(q, part, out=q)
+        if q.size:
+            largest = max(largest, float(np.abs(q).max()))
+        if largest > MAX_SYMBOL:
+            raise SplitfcError("native cannot code these features: values span more than 2**26 quantizer steps")
+        out[r0:r1] = q
+    return out
+
+
+def _dead_zone_magnitudes(scaled: np.ndarray) -> np.ndarray:
+    """int32 ``floor(|scaled| + 0.5 - DEAD_ZONE)`` of float (K, N) values in steps, in row blocks (exact
+    integers: `SplitfcError` first where a value reaches ``MAX_SYMBOL + 1`` steps, which `_rdo_quantize`
+    would refuse anyway)."""
+    out = np.empty(scaled.shape, np.int32)
+    for r0, r1 in _row_blocks(scaled):
+        f = np.abs(scaled[r0:r1])
+        if f.size and float(f.max()) >= MAX_SYMBOL + 1:
+            raise SplitfcError("native cannot code these features: values span more than 2**26 quantizer steps")
+        f += 0.5 - DEAD_ZONE
+        out[r0:r1] = np.floor(f, out=f)
+    return out
+
+
+def _row_blocks(a: np.ndarray) -> list[tuple[int, int]]:
+    """(first, end) row ranges of a 2-D array, about `BLOCK_ELEMENTS` elements each (at least one row)."""
+    rows = max(1, BLOCK_ELEMENTS // max(a.shape[1], 1))
+    return [(r0, min(len(a), r0 + rows)) for r0 in range(0, len(a), rows)]
+
+
+def _squared_difference(a: np.ndarray, b: np.ndarray) -> float:
+    """``sum((a - b) ** 2)`` in float64 over row blocks of float ``a`` and int ``b`` (both (K, N)): no
+    float64 copy of the whole tensor (the sum's rounding may differ from one pass; the encoder only)."""
+    total = 0.0
+    for r0, r1 in _row_blocks(a):
+        d = np.subtract(a[r0:r1], b[r0:r1], dtype=np.float64)
+        total += float(np.einsum("ij,ij->", d, d))
+    return total
 
 
 def adjacent_correlation(y: np.ndarray, length: int, rows: int = 64) -> float:
@@ -521,6 +581,7 @@ class NativeCodec(Codec):
             b, _ = integer_basis(transform)
             y = (b @ (x - np.asarray(transform.mean, np.float64)[:, None])) * 2.0 ** -BASIS_BITS
             inputs.insert(0, (y, transform))
+            del y
         options = []  # per input: its extra layouts (token transform, mirrored views) worth trying
         for comps, _ in inputs:
             blocks = [0]
@@ -530,19 +591,44 @@ class NativeCodec(Codec):
             if side and mirror_correlation(comps, length, side) > TOKEN_CORRELATION:
                 layouts += [Bands(outer, length, block, side) for block in blocks]
             options.append(layouts)
+        del comps
         with_error = len(inputs) + max(len(o) for o in options) > 1
-        # the components first (plain layout), then the other layouts of the better ones only
-        candidates = [(_Quantized.of(comps, step, Bands(outer, length, 0), with_error), tr) for comps, tr in inputs]
-        best = min(range(len(inputs)), key=lambda i: candidates[i][0].cost)
-        comps, tr = inputs[best]
-        candidates += [(_Quantized.of(comps, step, bands, with_error), tr) for bands in options[best]]
+        # the components first (plain layout), then the other layouts of the better ones only; only the
+        # cheapest candidate's symbols are kept (memory: about one quantized tensor, not one per layout),
+        # the others are re-quantized (deterministically) only if a transform's product bound refuses it
+        tried: list[tuple[float, int, Bands]] = []  # (cost, input, layout) in the order tried
+        kept: _Quantized | None = None
+
+        def consider(i: int, bands: Bands) -> None:
+            nonlocal kept
+            quantized = _Quantized.of(inputs[i][0], step, bands, with_error)
+            tried.append((quantized.cost, i, bands))
+            if kept is None or quantized.cost < kept.cost:
+                kept = quantized
+            del quantized
+
+        for i in range(len(inputs)):
+            consider(i, Bands(outer, length, 0))
+        best = min(range(len(inputs)), key=lambda i: tried[i][0])
+        for bands in options[best]:
+            consider(best, bands)
         coded = None
-        for quantized, tr in sorted(candidates, key=lambda c: c[0].cost):
-            coded = self._code(quantized, step, tr, channels)
+        for n, (_, i, bands) in enumerate(sorted(tried, key=lambda c: c[0])):
+            if n:  # the cheapest was refused: free it, quantize the next
+                kept = _Quantized.of(inputs[i][0], step, bands, with_error)
+            assert kept is not None
+            tr = inputs[i][1]
+            if tr is None:  # never refused: the components are no longer needed (frees a copy)
+                inputs.clear()
+                x = None
+            coded = self._code(kept, step, tr, channels)
             if coded is not None:
                 break
         assert coded is not None  # without a transform the product is element-wise: never refused
+        del kept, x, moved
+        inputs.clear()
         payload, recon = coded
+        del coded
         # what the decoder returns: float16 stays float16, bfloat16 (no numpy dtype) decodes to float32
         out_dtype = np.dtype(np.float16) if features.dtype == np.float16 else np.dtype(np.float32)
         out = self._to_layout(recon, features.shape, axis, out_dtype)
@@ -572,7 +658,11 @@ class NativeCodec(Codec):
         writer.add(dc.ravel(), *dc_class)
         for qb, offset in zip(q, offsets, strict=True):
             for rows, j in _class_groups(band_classes(classes, offset)):
-                writer.add(qb[rows].ravel(), j, tilt)
+                lo = int(rows[0])
+                if rows[-1] - lo + 1 == len(rows) and np.all(np.diff(rows) == 1):  # a view, not a copy
+                    writer.add(qb[lo:lo + len(rows)].ravel(), j, tilt)
+                else:
+                    writer.add(qb[rows].ravel(), j, tilt)
         tid = transform.transform_id if transform is not None else NO_TRANSFORM
         layout = bands.block | (MIRROR_FLAG if bands.mirror else 0)
         header = HEADER.pack(VERSION, tid, step, channels, k, tilt, *side, *dc_class, layout)
