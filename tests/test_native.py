@@ -260,8 +260,10 @@ def test_entropy_coder_beats_zstd_byte_planes() -> None:
     for rate in (27, 37):
         coded = NativeCodec().encode(x, spec, rate)
         _, _, step, *_ = nat.HEADER.unpack_from(coded.payload)
-        dc, q, _ = nat._quantize(np.ascontiguousarray(x.T, dtype=np.float64), float(np.float32(step)), True, False)
-        q = q.astype(np.int64)
+        y = np.ascontiguousarray(x.T, dtype=np.float64)
+        dc = nat._dc(y, float(step))  # v1's quantizer: channel DC, then a plain dead zone
+        scaled = y * (1.0 / float(step)) - (dc / nat.MEAN_GRID)[:, None]
+        q = np.trunc(scaled + np.copysign(0.5 - nat.DEAD_ZONE, scaled)).astype(np.int64)
         zz = ((q << 1) ^ (q >> 63)).astype(np.uint64)
         width = int(zz.max()).bit_length() // 8 + 1
         planes = b"".join(((zz >> (8 * i)) & 0xFF).astype(np.uint8).tobytes() for i in range(width))

@@ -341,33 +341,6 @@ def _reconstruct(
     return out
 
 
-def _quantize(y: np.ndarray, step: float, use_dc: bool, with_error: bool) -> tuple[np.ndarray, np.ndarray, float]:
-    """Per-row DC (int64 (K,), units step / MEAN_GRID; zeros unless ``use_dc``), dead-zone symbols (int32
-    (K, N)) of ``y`` (float (K, N); the encoder's decisions need not be reproducible, only the decoder's)
-    and, with ``with_error``, the squared error of the coefficients (else 0)."""
-    fine_step = step / MEAN_GRID
-    if use_dc and y.shape[1]:
-        dc = np.rint(y.mean(axis=1, dtype=np.float64) / fine_step)
-    else:
-        dc = np.zeros(y.shape[0])
-    if np.abs(dc).max(initial=0) > MAX_DC:
-        raise SplitfcError("native cannot code these features: a channel mean spans more than 2**29 quantizer steps")
-    scaled = y * (1.0 / step)
-    if use_dc:
-        scaled -= (dc / MEAN_GRID).astype(scaled.dtype)[:, None]
-    exact = scaled.copy() if with_error else None
-    scaled += np.copysign(np.asarray(0.5 - DEAD_ZONE, scaled.dtype), scaled)
-    np.trunc(scaled, out=scaled)
-    largest = max(float(scaled.max()), -float(scaled.min())) if scaled.size else 0.0
-    if largest > MAX_SYMBOL:
-        raise SplitfcError("native cannot code these features: values span more than 2**26 quantizer steps")
-    error = 0.0
-    if exact is not None:
-        exact -= scaled
-        error = float(np.einsum("ij,ij->", exact, exact, dtype=np.float64)) * step * step
-    return dc.astype(np.int64), scaled.astype(np.int32), error
-
-
 LAMBDA = 2 * np.log(2) / 12
 """Lagrange multiplier of squared error per bit, in units of step**2 (high-rate uniform quantizer:
 dD/dR = -2 ln 2 D, D = step**2 / 12); the encoder keeps a transform only where it lowers D + lambda R."""
