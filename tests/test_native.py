@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import pytest
@@ -21,6 +21,7 @@ from splitfc.common.codecs.native import NativeCodec
 from splitfc.common.errors import BitstreamError, IntegrityError, SplitfcError, TooManyElementsError
 from splitfc.common.settings import native_transform_settings
 from splitfc.common.specs import get_split
+from splitfc.v1 import bitstream_pb2 as pb
 
 SHAPES = {"dinov2-cls": (65, 128), "dinov2-seg": (2, 65, 128), "dinov2-dpt": (2, 4, 81, 128),
           "llama3-csr": (24, 128), "sd3-tti": (16, 16, 16)}
@@ -113,15 +114,21 @@ def test_massive_channels_cost_no_more_than_ordinary_ones() -> None:
     assert offset < plain * 1.1 + 0.05, (plain, offset)
 
 
-def test_corrupt_payloads_are_clean_errors() -> None:
-    msg = encode_features(massive((65, 128)), "dinov2-cls", "native", 32)
-    for payload in (msg.payload[:5], msg.payload[:20], bytes(b ^ 0x5A for b in msg.payload), b"\x01" * 40):
+def _assert_refused(msg: pb.FeatureBitstream, payloads: Iterable[bytes]) -> None:
+    """Each of ``payloads`` in place of ``msg``'s (with a matching CRC, so the codec itself must refuse it)
+    raises `SplitfcError` on decoding."""
+    for payload in payloads:
         bad = type(msg)()
         bad.CopyFrom(msg)
         bad.payload = payload
         bad.payload_crc32 = zlib.crc32(payload)
         with pytest.raises(SplitfcError):
             decode_features(bad)
+
+
+def test_corrupt_payloads_are_clean_errors() -> None:
+    msg = encode_features(massive((65, 128)), "dinov2-cls", "native", 32)
+    _assert_refused(msg, (msg.payload[:5], msg.payload[:20], bytes(b ^ 0x5A for b in msg.payload), b"\x01" * 40))
     bad = type(msg)()
     bad.CopyFrom(msg)
     bad.codec.extra["native"] = "v9"
@@ -273,14 +280,8 @@ def test_entropy_coder_beats_zstd_byte_planes() -> None:
 
 def test_truncated_and_padded_payloads_are_clean_errors() -> None:
     msg = encode_features(massive((65, 128), seed=7), "dinov2-cls", "native", 32)
-    for payload in (msg.payload[:-4], msg.payload[:-1], msg.payload + bytes(4), msg.payload[:nat.HEADER.size]
-                    + bytes(range(256)) * 4):
-        bad = type(msg)()
-        bad.CopyFrom(msg)
-        bad.payload = payload
-        bad.payload_crc32 = zlib.crc32(payload)
-        with pytest.raises(SplitfcError):
-            decode_features(bad)
+    _assert_refused(msg, (msg.payload[:-4], msg.payload[:-1], msg.payload + bytes(4),
+                          msg.payload[:nat.HEADER.size] + bytes(range(256)) * 4))
 
 
 def test_claimed_symbols_beyond_the_payload_are_refused() -> None:
