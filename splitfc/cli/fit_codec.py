@@ -206,10 +206,6 @@ def _training_features(args: argparse.Namespace, spec: Any):
     yield from _head_features(args, spec, args.samples, train=True)
 
 
-def _held_back_features(args: argparse.Namespace, spec: Any, n: int):
-    yield from _head_features(args, spec, n, train=False)
-
-
 def _head_features(args: argparse.Namespace, spec: Any, n: int, train: bool):
     from splitfc.common.models import get_split_model, preset_samples
 
