@@ -74,9 +74,7 @@ class FairSlots:
 
     async def acquire(self, client: str) -> None:
         """Take a slot for ``client``, waiting in the queue if needed; raises `RequestFailed` (queue)."""
-        if self.free > 0:  # a free slot means nobody live is waiting (release hands slots to waiters first)
-            self.free -= 1
-            self._grant(client)
+        if self.try_acquire(client):  # a free slot means nobody live is waiting (release hands slots to waiters first)
             return
         if self.queued >= self.max_queue:
             self._make_room(client)
