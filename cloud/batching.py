@@ -202,11 +202,11 @@ class TailBatcher:
             # contends with this loop for the GIL on every torch op: run it here (the slot is held).
             for req in group:
                 resolve(req.tail_started, None)
-            self._batch_done(client, group, self.run_batch(key[0], group, key))
+            self._batch_done(client, group, self.run_batch(key, group))
             return
         loop = asyncio.get_running_loop()
         try:
-            cfut = self.executor.submit(self.run_batch, key[0], group, key)
+            cfut = self.executor.submit(self.run_batch, key, group)
         except RuntimeError:
             self.holding -= 1
             self.slots.release(client)
@@ -239,10 +239,11 @@ class TailBatcher:
         resolve(req.tail_started, None)
 
     # -- the worker thread side ---------------------------------------------------------------
-    def run_batch(self, split: str, group: list[TailRequest], key: BatchKey | None = None) -> list[Any]:
+    def run_batch(self, key: BatchKey, group: list[TailRequest]) -> list[Any]:
         """Run one batch's tail (worker thread, or the loop for cheap tails): per request ``(TaskResult,
         tail s, batch size)`` or a `RequestFailed`; never raises. Requests stopped since the dispatch are
         not run. Updates ``tail_cost[key]``."""
+        split = key[0]
         outcomes: list[Any] = [None] * len(group)
         run = []
         for i, req in enumerate(group):
@@ -264,10 +265,9 @@ class TailBatcher:
                                  exc_info=True)
             results = [self._single(split, group[i]) for i in run]
         tail_s = time.perf_counter() - t0
-        if key is not None:
-            per_request = (time.thread_time() - cpu0) / len(run)
-            last = self.tail_cost.get(key)
-            self.tail_cost[key] = per_request if last is None else 0.8 * last + 0.2 * per_request
+        per_request = (time.thread_time() - cpu0) / len(run)
+        last = self.tail_cost.get(key)
+        self.tail_cost[key] = per_request if last is None else 0.8 * last + 0.2 * per_request
         self.counter.labels(split, str(len(run))).inc()
         for i, result in zip(run, results, strict=True):
             outcomes[i] = result if isinstance(result, RequestFailed) else (result, tail_s, len(run))
