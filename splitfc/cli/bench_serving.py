@@ -118,14 +118,18 @@ STREAM_WINDOW = 8
 
 
 def _cpu_seconds(pids: list[int]) -> float | None:
-    """User + system CPU seconds of the processes ``pids`` and their children so far (None if unreadable)."""
+    """User + system CPU seconds of the processes ``pids`` and their children so far, this process (the
+    client, a child of an in-process server's) excepted (None if unreadable)."""
     import psutil
 
     total = 0.0
+    me = os.getpid()
     try:
         for pid in pids:
             proc = psutil.Process(pid)
             for p in [proc, *proc.children(recursive=True)]:
+                if p.pid == me:
+                    continue
                 try:
                     t = p.cpu_times()
                     total += t.user + t.system
