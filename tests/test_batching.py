@@ -308,7 +308,8 @@ def test_bench_serving_reports_both_modes_with_their_batch_sizes(tmp_path: Any) 
         assert row["ok"] == 12 and row["vs_in_process"] > 0
         assert row["latency_ms_p50"] <= row["latency_ms_p99"]
         # the load generator ran in a process of its own; the server (a thread here) in this one
-        assert row["client_cpu_s"] > 0 and row["server_cpu_s"] > 0
+        # server CPU comes from /proc in clock ticks (10 ms): 12 tiny requests may read as 0.0
+        assert row["client_cpu_s"] > 0 and row["server_cpu_s"] is not None and row["server_cpu_s"] >= 0
         if mode == "off":
             assert row["batch_sizes"] == {} and row["batch_mean"] is None and "vs_batching_off" not in row
         else:  # every request of the run (12, 4 warm-up calls, 4 more on a stream) went through one batch
