@@ -197,7 +197,7 @@ class TailBatcher:
             return
         self.holding += 1
         cost = self.tail_cost.get(key)
-        if cost is not None and cost * len(group) <= self.inline_max_s * self.max_batch_size:
+        if cost is not None and cost <= self.inline_max_s:
             # A tail this cheap costs less than the hop to a worker thread and back, and run there it
             # contends with this loop for the GIL on every torch op: run it here (the slot is held).
             for req in group:
